@@ -1,12 +1,16 @@
-"""Self-contained glioma-subtype classifier: frozen teacher backbone + linear probe + preprocessing settings.
+"""Self-contained glioma-subtype classifier: backbone + linear classifier + preprocessing settings.
 
-An artifact directory (written by ``python -m mmdino_jax.evaluate ... --export DIR``, read by
-``python -m mmdino_jax.predict --model DIR``):
+An artifact directory (written by ``python -m mmdino_jax.evaluate ... --export DIR`` and by
+``python -m mmdino_jax.finetune``, read by ``python -m mmdino_jax.predict --model DIR``):
 
-- ``backbone/``       the teacher backbone as a model directory (``model_io``: model.json + Orbax state).
-- ``probe.npz``       the logistic-regression probe on the backbone's CLS vector (plain arrays, no pickle).
+- ``backbone/``       the backbone as a model directory (``model_io``: model.json + Orbax state): a run's
+                      teacher, or a fine-tuned backbone (LoRA adapters merged into the kernels).
+- ``probe.npz``       the linear classifier as a :class:`Probe` (plain arrays, no pickle): the
+                      logistic-regression probe, or the fine-tuned head (mean 0, scale 1).
 - ``classifier.json`` format, version, class names, sequences (input channel order), preprocessing,
-                      the evaluation's batch size, the training config and the step it came from.
+                      the evaluation's batch size, the training config and the step it came from;
+                      ``probe.pooling`` names the classifier's input (``models.heads.POOLINGS``: the CLS
+                      token, or CLS + mean patch token); artifacts without it use the CLS token.
 
 Prediction at the evaluation's batch size reproduces evaluation bit for bit: XLA's float32 rounding
 depends on the batch shape, and the probe's standardisation can magnify a 1-ulp feature difference.
@@ -27,6 +31,7 @@ from mmdino_jax.data.augment import MEAN, STD
 from mmdino_jax.data.pipeline import AXIAL
 from mmdino_jax.data.prepare import CROP
 from mmdino_jax.eval.probe import Probe
+from mmdino_jax.models.heads import POOLINGS, pooled_dim
 from mmdino_jax.models.vit import DinoViT
 
 FORMAT = "mmdino_jax.classifier"
@@ -60,6 +65,11 @@ class Classifier:
         return self.meta["preprocessing"]
 
     @property
+    def pooling(self) -> str:
+        """The classifier's input features (``models.heads.POOLINGS``)."""
+        return self.meta.get("probe", {}).get("pooling", "cls")
+
+    @property
     def batch_size(self) -> int:
         """The batch size evaluation extracted features with."""
         return int(self.meta["batch_size"])
@@ -73,24 +83,30 @@ def preprocessing(eval_size: int) -> dict[str, Any]:
             "resize": "bicubic antialiased", "mean": MEAN, "std": STD}
 
 
-def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step: int, sequences) -> Path:
-    """Write the artifact to ``out_dir`` (which must not hold one already); returns its path."""
+def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step: int, sequences,
+                      pooling: str = "cls", head: dict | None = None) -> Path:
+    """Write the artifact to ``out_dir`` (which must not hold one already); returns its path.
+
+    ``probe`` classifies the ``pooling`` features of the backbone; ``head`` describes it in classifier.json
+    (default: the evaluation's logistic-regression probe on teacher features).
+    """
     out = Path(out_dir).absolute()
     if (out / "classifier.json").exists():
         raise FileExistsError(f"{out} already holds a classifier; choose a new directory or delete it")
     sequences = list(sequences.split(",") if isinstance(sequences, str) else sequences)
     sequence_indices(sequences)
     backbone = nnx.merge(backbone_def, params)
-    if probe.mean.shape[0] != backbone.cfg.embed_dim:
-        raise ValueError(f"probe has {probe.mean.shape[0]} features, the backbone's embed_dim is "
-                         f"{backbone.cfg.embed_dim}")
-    provenance = {"source": "mmdino_jax.evaluate --export", "step": int(step)}
+    if probe.mean.shape[0] != pooled_dim(backbone.cfg.embed_dim, pooling):
+        raise ValueError(f"probe has {probe.mean.shape[0]} features, {pooling} features of the backbone "
+                         f"have {pooled_dim(backbone.cfg.embed_dim, pooling)}")
+    head = head or {"c": float(probe.c), "features": "teacher CLS", "source": "mmdino_jax.evaluate --export"}
+    provenance = {"source": head["source"], "step": int(step)}
     model_io.save_model(out / "backbone", backbone, meta={"sequences": sequences, "provenance": provenance})
     probe.save_npz(out / "probe.npz")
     doc = {"format": FORMAT, "version": VERSION, "class_names": list(CLASS_NAMES), "sequences": sequences,
            "preprocessing": preprocessing(config.data.eval_size), "batch_size": int(config.eval.batch_size),
            "step": int(step),
-           "probe": {"c": float(probe.c), "features": "teacher CLS"},
+           "probe": {**head, "pooling": pooling},
            "config": json.loads(config.to_json_best_effort())}
     (out / "classifier.json").write_text(json.dumps(doc, indent=2) + "\n")
     return out
@@ -122,6 +138,9 @@ def read_classifier_json(path: Path) -> dict[str, Any]:
         sequence_indices(doc["sequences"])
     except ValueError as err:
         raise ArtifactError(f"{file}: {err}") from err
+    if doc.get("probe", {}).get("pooling", "cls") not in POOLINGS:
+        raise ArtifactError(f"{file}: probe.pooling {doc['probe']['pooling']!r} is not one of {POOLINGS}; "
+                            "re-export the classifier")
     for name, hint in (("probe.npz", "the probe"), ("backbone/model.json", "the backbone")):
         if not (path / name).is_file():
             raise ArtifactError(f"{path / name} not found: the artifact lacks {hint}; re-export the classifier")
@@ -137,10 +156,12 @@ def load_classifier(path) -> Classifier:
     except (OSError, ValueError, KeyError) as err:
         raise ArtifactError(f"cannot read {path / 'probe.npz'} ({err}); re-export the classifier") from err
     backbone, _, _ = model_io.load_model(path / "backbone")
-    dim = backbone.cfg.embed_dim
+    pooling = doc.get("probe", {}).get("pooling", "cls")
+    dim = pooled_dim(backbone.cfg.embed_dim, pooling)
     if probe.mean.shape[0] != dim or probe.coef.shape[1] != dim:
         raise ArtifactError(f"{path / 'probe.npz'} expects {probe.mean.shape[0]} features but the backbone's "
-                            f"embed_dim is {dim}: probe and backbone come from different runs; re-export")
+                            f"{pooling} features have {dim}: probe and backbone come from different runs; "
+                            "re-export")
     if probe.classes.max() >= len(doc["class_names"]):
         raise ArtifactError(f"{path / 'probe.npz'} predicts class {probe.classes.max()} but classifier.json "
                             f"names {len(doc['class_names'])} classes; re-export the classifier")

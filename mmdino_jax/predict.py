@@ -1,4 +1,5 @@
-"""Predict the glioma subtype of new subjects with an exported classifier (``evaluate --export DIR``).
+"""Predict the glioma subtype of new subjects with an exported classifier (``evaluate --export DIR``, or a
+fine-tuned one from ``python -m mmdino_jax.finetune``).
 
     python -m mmdino_jax.predict --model DIR --input PATH [--layout mmdino] [--output results.csv|results.json]
         [--attention-maps OUTDIR] [--center x,y,z] [--batch-size N]
@@ -150,7 +151,7 @@ def classify(clf: Classifier, extractor: FeatureExtractor, views: list[View], at
     if not views:
         return []
     images, keep = np.stack([v.image for v in views]), np.stack([v.present for v in views])
-    probs = clf.probe.predict_proba(extractor(images, keep)["cls"], num_classes=len(clf.class_names))
+    probs = clf.probe.predict_proba(extractor(images, keep)[clf.pooling], num_classes=len(clf.class_names))
     rows = [result_row(clf, v.subject, p, v) for v, p in zip(views, probs)]
     if attend is not None:
         for v, a, row in zip(views, attend(images, keep), rows):
@@ -172,7 +173,7 @@ def predict(clf: Classifier, subjects: list[Subject], centre=None, batch_size: i
     (default: the evaluation's, which reproduces its probabilities exactly)."""
     batch_size = batch_size or clf.batch_size
     graphdef, params = nnx.split(clf.backbone)
-    extractor = FeatureExtractor(graphdef, params, clf.sequences, batch_size)
+    extractor = FeatureExtractor(graphdef, params, clf.sequences, batch_size, outputs=(clf.pooling,))
     attend = attention_maps(clf.backbone, clf.sequences) if attention_dir else None
     rows = []
     with tqdm(total=len(subjects), desc="predict", unit="subject") as progress:
