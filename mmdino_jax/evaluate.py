@@ -91,11 +91,16 @@ def validation_mcc(config, splits: dict[str, Split], extractor: FeatureExtractor
     return metrics_lib.classification_metrics(val.label, probs)["mcc"]
 
 
-def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str) -> dict:
-    """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features."""
+def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str,
+          refit: bool = True, pooling: str = "cls") -> dict:
+    """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features.
+
+    `refit=False` (a fine-tuned classifier): no refit; the classifier itself on masked features, as "classifier".
+    """
     seq = tuple(config.data.sequences.split(","))
     train, test = splits["train"], splits[split]
-    results = {"split": split, "refit": {}, "full_probe": {}, "dropped": {}}
+    kind = "full_probe" if refit else "classifier"
+    results = {"split": split, **({"refit": {}} if refit else {}), kind: {}, "dropped": {}}
     cases = [(subsets.subset_name(s), lambda p, s=s: subsets.subset_masks(p, seq, s)) for s in subsets.all_subsets(seq)]
     cases.append((subsets.RANDOM, lambda p: subsets.random_drop(p, config.seed)))
     for name, keep_of in tqdm(cases, desc=f"sequence subsets ({split})", unit="subset"):
@@ -103,13 +108,14 @@ def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_pr
         # A sample with none of the subset's sequences has nothing to show the model: left out, counted.
         tr, te = keep_tr.any(1), keep_te.any(1)
         results["dropped"][name] = {"train": int((~tr).sum()), split: int((~te).sum())}
-        if len(np.unique(train.label[tr])) < 2 or len(np.unique(test.label[te])) < 2:
+        if (refit and len(np.unique(train.label[tr])) < 2) or len(np.unique(test.label[te])) < 2:
             continue
-        f_tr = extractor(train.images[tr], keep_tr[tr], desc=None)["cls"]
-        f_te = extractor(test.images[te], keep_te[te], desc=None)["cls"]
-        probe = fit_probe(f_tr, train.label[tr], c_grid(config))
-        results["refit"][name] = scored(probe, f_te, test.label[te], 0)
-        results["full_probe"][name] = scored(full_probe, f_te, test.label[te], 0)
+        f_te = extractor(test.images[te], keep_te[te], desc=None)[pooling]
+        if refit:
+            f_tr = extractor(train.images[tr], keep_tr[tr], desc=None)[pooling]
+            probe = fit_probe(f_tr, train.label[tr], c_grid(config))
+            results["refit"][name] = scored(probe, f_te, test.label[te], 0)
+        results[kind][name] = scored(full_probe, f_te, test.label[te], 0)
     return results
 
 
@@ -121,35 +127,46 @@ def attention_examples(backbone, splits: dict[str, Split], split: str, sequences
     return images, attention_maps(backbone, sequences)(images, data.present[rows]), [CLASS_NAMES[int(data.label[r])] for r in rows]
 
 
-def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, export_dir: str = "") -> dict:
-    """Full evaluation of one backbone; writes DIR/eval (and the classifier to `export_dir`), returns the metrics."""
+def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, export_dir: str = "",
+                      classifier: tuple | None = None) -> dict:
+    """Full evaluation of one backbone; writes DIR/eval (and the classifier to `export_dir`), returns the metrics.
+
+    Default: a linear probe fit on the train split's CLS features. `classifier` = (probe, pooling, head)
+    evaluates a trained classifier instead (a fine-tuned head as a Probe on `pooling` features; `head`
+    describes it, in metrics.json as "classifier" and in the export); its sweep refits nothing.
+    """
     out = Path(workdir) / "eval"
     cache = ensure_cache(config.data, workdir, config.seed)
     splits = load_splits(config, cache)
     seq = config.data.sequences.split(",")
-    extractor = FeatureExtractor(backbone_def, params, seq, config.eval.batch_size)
+    full_probe, pooling, head = classifier or (None, "cls", None)
+    extractor = FeatureExtractor(backbone_def, params, seq, config.eval.batch_size, outputs=(pooling,))
     train = splits["train"]
-    full_probe = fit_probe(extractor(train.images, train.present, "train")["cls"], train.label, c_grid(config))
+    if full_probe is None:
+        full_probe = fit_probe(extractor(train.images, train.present, "train")["cls"], train.label, c_grid(config))
     if export_dir:
-        export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq)
+        export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq, pooling, head)
     payload = {"config": json.loads(config.to_json_best_effort()), "step": int(step), "sequences": seq,
-               "probe": {"c": full_probe.c, "selection": full_probe.selection}, "splits": {},
-               "n_train_labeled": len(train.label)}
+               **({"classifier": head} if head else
+                  {"probe": {"c": full_probe.c, "selection": full_probe.selection}}),
+               "splits": {}, "n_train_labeled": len(train.label)}
     plots = {}
     for name in ("val", "test"):
         if name not in splits:
             continue
         data = splits[name]
-        feats = extractor(data.images, data.present, name)["cls"]
+        feats = extractor(data.images, data.present, name)[pooling]
         payload["splits"][name] = scored(full_probe, feats, data.label, config.eval.bootstrap, config.seed)
         probs = full_probe.predict_proba(feats, num_classes=len(CLASS_NAMES))
         plots[f"roc_{name}.png"] = report.plot_roc(out / f"roc_{name}.png", data.label, probs)
         plots[f"confusion_{name}.png"] = report.plot_confusion(
             out / f"confusion_{name}.png", payload["splits"][name]["confusion"])
     sweep_split = "test" if "test" in splits else "val"
-    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split)
-    report.plot_subset_heatmap(out / "subsets_refit.png", payload["sweep"]["refit"])
-    report.plot_subset_heatmap(out / "subsets_full_probe.png", payload["sweep"]["full_probe"])
+    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split, refit=head is None,
+                             pooling=pooling)
+    for kind in report.SWEEP_KINDS:
+        if kind in payload["sweep"]:
+            report.plot_subset_heatmap(out / f"subsets_{kind}.png", payload["sweep"][kind])
     jsonl = Path(workdir) / "metrics.jsonl"
     if jsonl.is_file():
         report.plot_training_curves(out / "training_curves.png", jsonl)
