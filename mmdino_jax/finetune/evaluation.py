@@ -34,7 +34,7 @@ def describe(config, model: FinetuneModel, summary: dict[str, int]) -> dict:
 
 
 def validation_fn(config, model: FinetuneModel, cache):
-    """`fn(params, frozen) -> val MCC` of the classifier (the score that picks the best checkpoint)."""
+    """`fn(state) -> val MCC` of the classifier of a train state (the score that picks the best checkpoint)."""
     if not (Path(cache) / "val" / "index.json").is_file():
         raise ValueError(f"eval_every={config.eval_every} needs a prepared val split in {cache}")
     val = evaluate.Split.load(cache, "val", config.data.sequences.split(","), config.data.eval_size, True)
@@ -42,10 +42,10 @@ def validation_fn(config, model: FinetuneModel, cache):
     extractor = FeatureExtractor(graphdef, params, config.data.sequences.split(","), config.eval.batch_size,
                                  outputs=(model.pooling,))
 
-    def fn(params: dict, frozen: dict) -> float:
-        extractor.params = model.plain_backbone(params, frozen)[1]
+    def fn(state) -> float:
+        extractor.params = model.plain_backbone(state["params"], state["frozen"])[1]
         feats = extractor(val.images, val.present, desc=None)[model.pooling]
-        return evaluate.scored(head_probe(params["head"]), feats, val.label, 0)["mcc"]
+        return evaluate.scored(head_probe(state["params"]["head"]), feats, val.label, 0)["mcc"]
 
     return fn
 

@@ -25,7 +25,6 @@ class StepConfig:
     sequences: tuple[int, ...]
     label_smoothing: float
     sequence_dropout: float
-    n_classes: int
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
@@ -52,10 +51,9 @@ def logits_fn(model: FinetuneModel, cfg: StepConfig, params: dict, frozen: dict,
     return classifier_features(out, keep, model.pooling) @ head["kernel"] + head["bias"]
 
 
-def init_state(model: FinetuneModel, tx: optax.GradientTransformation) -> dict:
+def init_state(params: dict, frozen: dict, tx: optax.GradientTransformation) -> dict:
     """Train state: trainable parameters, frozen parameters (LoRA), optimizer state, step."""
-    return {"params": model.params, "frozen": model.frozen, "opt": tx.init(model.params),
-            "step": jnp.zeros((), jnp.int32)}
+    return {"params": params, "frozen": frozen, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
 
 def make_train_step(model: FinetuneModel, cfg: StepConfig, tx: optax.GradientTransformation) -> Callable:
