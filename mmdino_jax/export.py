@@ -25,7 +25,7 @@ from typing import Any
 
 from flax import nnx
 
-from mmdino_jax import model_io
+from mmdino_jax.models import io as model_io
 from mmdino_jax.constants import CLASS_NAMES, sequence_indices
 from mmdino_jax.data.augment import MEAN, STD
 from mmdino_jax.data.pipeline import AXIAL

@@ -13,7 +13,7 @@ from flax import nnx
 
 from mmdino_jax.constants import sequence_indices
 from mmdino_jax.eval.extract import FeatureExtractor
-from mmdino_jax.model_io import load_model
+from mmdino_jax.models.io import load_model
 
 
 def extract_features(checkpoint: str | Path, images: np.ndarray, sequences=None, batch_size: int = 32) -> dict:

@@ -247,5 +247,10 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console-script entry point (main's rows are for in-process callers)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -5,7 +5,7 @@ import numpy as np
 from flax import nnx
 
 from mmdino_jax.features import main
-from mmdino_jax.model_io import save_model
+from mmdino_jax.models.io import save_model
 from mmdino_jax.models import DinoViT, ViTConfig
 
 

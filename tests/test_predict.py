@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from scipy import ndimage
 
-from mmdino_jax import evaluate
+from mmdino_jax.eval import backbone as eval_backbone
 from mmdino_jax.config_base import load_config
 from mmdino_jax.constants import CLASS_NAMES, SEQUENCES
 from mmdino_jax.data.setup import ensure_cache
@@ -37,10 +37,10 @@ def run(tmp_path_factory):
     cache = ensure_cache(config.data, str(work), 0)
     graphdef, params = nnx.split(build_models(config.model, 0)[0])
     seq = config.data.sequences.split(",")
-    splits = evaluate.load_splits(config, cache)
+    splits = eval_backbone.load_splits(config, cache)
     extractor = FeatureExtractor(graphdef, params, seq, config.eval.batch_size)
     train = splits["train"]
-    probe = fit_probe(extractor(train.images, train.present)["cls"], train.label, evaluate.c_grid(config))
+    probe = fit_probe(extractor(train.images, train.present)["cls"], train.label, eval_backbone.c_grid(config))
     export_classifier(work / "clf", graphdef, params, probe, config, 7, seq)
     return SimpleNamespace(work=work, cohort=work / "cohort", model=work / "clf", probe=probe, seq=seq,
                            extractor=extractor, test=splits["test"])
@@ -195,7 +195,7 @@ def test_artifact_that_does_not_fit_is_refused(run, tmp_path, capsys):
 @pytest.mark.slow
 def test_evaluate_export_then_predict_cli(run, tmp_path):
     """The real commands: evaluate --export on a model directory, then python -m mmdino_jax.predict."""
-    from mmdino_jax import model_io
+    from mmdino_jax.models import io as model_io
 
     graphdef, params = nnx.split(load_classifier(run.model).backbone)
     model_io.save_model(tmp_path / "model", nnx.merge(graphdef, params))

@@ -12,13 +12,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import torch_dinov2_ref as ref  # noqa: E402
-from mmdino_jax.model_io import load_model  # noqa: E402
-from mmdino_jax.model_io import save_model  # noqa: E402
+from helpers import torch_dinov2_ref as ref  # noqa: E402
+from mmdino_jax.models.io import load_model  # noqa: E402
+from mmdino_jax.models.io import save_model  # noqa: E402
 from mmdino_jax.models import DINOHead, DinoViT, ViTConfig  # noqa: E402
-from weights_conversion import dinov2  # noqa: E402
-from weights_conversion.__main__ import main  # noqa: E402
-from weights_conversion.files import read_state_dict, write_state_dict  # noqa: E402
+from mmdino_jax.convert import dinov2  # noqa: E402
+from mmdino_jax.convert.__main__ import main  # noqa: E402
+from mmdino_jax.convert.files import read_state_dict, write_state_dict  # noqa: E402
 
 SEQS = (2, 0, 1, 3)
 

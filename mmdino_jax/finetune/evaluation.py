@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmdino_jax import evaluate
+from mmdino_jax.eval import backbone as eval_backbone
 from mmdino_jax.eval.extract import FeatureExtractor
 from mmdino_jax.eval.probe import Probe
 from mmdino_jax.finetune.model import FinetuneModel
@@ -37,7 +37,7 @@ def validation_fn(config, model: FinetuneModel, cache):
     """`fn(state) -> val MCC` of the classifier of a train state (the score that picks the best checkpoint)."""
     if not (Path(cache) / "val" / "index.json").is_file():
         raise ValueError(f"eval_every={config.eval_every} needs a prepared val split in {cache}")
-    val = evaluate.Split.load(cache, "val", config.data.sequences.split(","), config.data.eval_size, True)
+    val = eval_backbone.Split.load(cache, "val", config.data.sequences.split(","), config.data.eval_size, True)
     graphdef, params = model.plain_backbone(model.params, model.frozen)
     extractor = FeatureExtractor(graphdef, params, config.data.sequences.split(","), config.eval.batch_size,
                                  outputs=(model.pooling,))
@@ -45,7 +45,7 @@ def validation_fn(config, model: FinetuneModel, cache):
     def fn(state) -> float:
         extractor.params = model.plain_backbone(state["params"], state["frozen"])[1]
         feats = extractor(val.images, val.present, desc=None)[model.pooling]
-        return evaluate.scored(head_probe(state["params"]["head"]), feats, val.label, 0)["mcc"]
+        return eval_backbone.scored(head_probe(state["params"]["head"]), feats, val.label, 0)["mcc"]
 
     return fn
 
@@ -54,5 +54,5 @@ def evaluate_classifier(config, workdir: str, model: FinetuneModel, params: dict
                         head: dict, export_dir: str = "") -> dict:
     """`evaluate`'s full report of the classifier in DIR/eval (and its artifact in `export_dir`)."""
     graphdef, backbone = model.plain_backbone(params, frozen)
-    return evaluate.evaluate_backbone(config, workdir, graphdef, backbone, step, export_dir,
+    return eval_backbone.evaluate_backbone(config, workdir, graphdef, backbone, step, export_dir,
                                       classifier=(head_probe(params["head"]), model.pooling, head))

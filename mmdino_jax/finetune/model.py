@@ -1,6 +1,6 @@
 """The fine-tuned classifier: a backbone, optional LoRA adapters, and a linear head.
 
-The backbone starts from `config.finetune.init`: a model directory (`model_io`, e.g. from
+The backbone starts from `config.finetune.init`: a model directory (`models/io.py`, e.g. from
 `python -m weights_conversion`), a training run directory (its teacher backbone: best checkpoint, else the
 latest), or "" for random init. The head is a linear layer on the CLS token or on CLS + the mean patch
 token (`finetune.pooling`, `models.heads.POOLINGS`).
@@ -24,9 +24,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from mmdino_jax import checkpoint as ckpt_lib
-from mmdino_jax import model_io
 from mmdino_jax.constants import CLASS_NAMES
 from mmdino_jax.finetune import lora
+from mmdino_jax.models import io as model_io
 from mmdino_jax.models.build import vit_config
 from mmdino_jax.models.heads import pooled_dim
 from mmdino_jax.models.vit import DinoViT, ViTConfig
@@ -76,10 +76,10 @@ def run_config(workdir: str | Path) -> tuple[ml_collections.ConfigDict, int]:
 
 
 def _teacher(workdir: Path) -> tuple[ViTConfig, dict, str]:
-    from mmdino_jax import evaluate  # the SSL checkpoint layout lives there
+    from mmdino_jax.eval.backbone import load_backbone  # reads the SSL checkpoint layout
 
     config, step = run_config(workdir)
-    graphdef, params, step = evaluate.load_backbone(config, str(workdir), str(step))
+    graphdef, params, step = load_backbone(config, str(workdir), str(step))
     return nnx.merge(graphdef, params).cfg, params, f"teacher of {workdir} at step {step}"
 
 

@@ -44,9 +44,7 @@ def drop_sequences(key: jax.Array, present: jax.Array, rate: float) -> jax.Array
 def logits_fn(model: FinetuneModel, cfg: StepConfig, params: dict, frozen: dict, images: jax.Array,
               keep: jax.Array, rng: jax.Array | None = None) -> jax.Array:
     """Class logits (M, K) of images (M, S, H, W) whose sequences `keep` (M, S) marks."""
-    n = (images.shape[-2] // model.cfg.patch_size) * (images.shape[-1] // model.cfg.patch_size)
-    masks = jnp.broadcast_to(~keep[:, :, None], (*keep.shape, n))
-    out = model.backbone(params, frozen)(images, cfg.sequences, masks=masks, rng=rng)
+    out = model.backbone(params, frozen)(images, cfg.sequences, rng=rng, present=keep)
     head = params["head"]
     return classifier_features(out, keep, model.pooling) @ head["kernel"] + head["bias"]
 

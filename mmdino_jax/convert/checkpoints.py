@@ -12,11 +12,11 @@ import numpy as np
 from flax import nnx
 
 from mmdino_jax.constants import SEQUENCES, sequence_indices
-from mmdino_jax.model_io import load_model, save_model
+from mmdino_jax.models.io import load_model, save_model
 from mmdino_jax.models.heads import DINOHead
 from mmdino_jax.models.vit import DinoViT
-from weights_conversion import dinov2
-from weights_conversion.files import read_state_dict, sha256, write_state_dict
+from mmdino_jax.convert import dinov2
+from mmdino_jax.convert.files import read_state_dict, sha256, write_state_dict
 
 HEAD_CHOICES = ("auto", "dino", "ibot", "none")
 

@@ -1,5 +1,6 @@
-"""Independent PyTorch reference of the MM-DINOv2 backbone and DINOv2 head, written from the fact sheet
-(shared/reference/recipe.md sections 1, 3 and 8), working directly on DINOv2-named state dicts.
+"""Independent PyTorch reference of the MM-DINOv2 backbone and DINOv2 head, written from the upstream
+sources (MM-DINOv2 `dinov2/models/vision_transformer.py`, DINOv2 `dinov2/layers/*.py` and
+`dinov2/layers/dino_head.py`), working directly on DINOv2-named state dicts.
 
 Used only by the parity tests; it follows the PyTorch originals step by step: grey image repeated to RGB,
 3-channel patch conv, mask token, CLS + `F.interpolate`d positional embedding, registers after CLS, one CLS,

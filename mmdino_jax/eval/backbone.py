@@ -1,0 +1,192 @@
+"""Linear-probe evaluation of a backbone, with the missing-modality sweep and a report (`python -m mmdino_jax.evaluate`).
+
+Writes DIR/eval/{metrics.json, report.md, *.png}. The probe (logistic regression, C chosen by MCC
+on a 10 % hold-out of the labeled train subjects) is fit on the full CLS vector of the backbone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from mmdino_jax import checkpoint as ckpt_lib
+from mmdino_jax.models import io as model_io
+from mmdino_jax.constants import CLASS_NAMES
+from mmdino_jax.data import pipeline
+from mmdino_jax.data.setup import ensure_cache
+from mmdino_jax.eval import metrics as metrics_lib
+from mmdino_jax.eval import report, subsets
+from mmdino_jax.eval.extract import FeatureExtractor, attention_maps
+from mmdino_jax.eval.probe import fit_probe
+from mmdino_jax.export import export_classifier
+from mmdino_jax.ssl.learner import build_learner
+
+
+@dataclasses.dataclass
+class Split:
+    """Evaluation view of one split: images (N,S,H,W), present (N,S), label (N,), ids."""
+    images: np.ndarray
+    present: np.ndarray
+    label: np.ndarray
+    ids: list
+
+    @classmethod
+    def load(cls, cache, name: str, sequences, size: int, labeled_only: bool) -> "Split":
+        a = pipeline.eval_arrays(cache, name, sequences, size)
+        rows = np.flatnonzero(a["label"] >= 0) if labeled_only else np.arange(len(a["label"]))
+        if not len(rows):
+            raise ValueError(f"split {name!r} of {cache} has no labeled subject to evaluate on")
+        return cls(a["images"][rows], a["present"][rows], a["label"][rows], [a["ids"][i] for i in rows])
+
+
+def c_grid(config) -> np.ndarray:
+    return 10.0 ** np.linspace(-6, 5, config.eval.c_grid_size)
+
+
+def load_splits(config, cache) -> dict[str, Split]:
+    """Labeled train / val / test views (a split the cache lacks is left out; train is required)."""
+    names = [s for s in ("train", "val", "test") if (Path(cache) / s / "index.json").is_file()]
+    if "train" not in names:
+        raise ValueError(f"{cache} has no prepared train split: the probe needs labeled train subjects")
+    seq = config.data.sequences.split(",")
+    return {s: Split.load(cache, s, seq, config.data.eval_size, labeled_only=True) for s in names}
+
+
+def scored(probe, feats: np.ndarray, labels: np.ndarray, n_boot: int, seed: int = 0) -> dict:
+    """Metrics of the probe on features, with a bootstrap CI of the MCC."""
+    probs = probe.predict_proba(feats, num_classes=len(CLASS_NAMES))
+    out = metrics_lib.classification_metrics(labels, probs)
+    if n_boot:
+        out["ci"] = {"mcc": list(metrics_lib.bootstrap_ci(labels, probs, "mcc", n_boot, seed))}
+    return out
+
+
+def validation_mcc(config, splits: dict[str, Split], extractor: FeatureExtractor) -> float:
+    """Probe on train, MCC on val: the score that picks the best checkpoint during training."""
+    train, val = splits["train"], splits["val"]
+    probe = fit_probe(extractor(train.images, train.present)["cls"], train.label, c_grid(config))
+    probs = probe.predict_proba(extractor(val.images, val.present)["cls"], num_classes=len(CLASS_NAMES))
+    return metrics_lib.classification_metrics(val.label, probs)["mcc"]
+
+
+def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str,
+          refit: bool = True, pooling: str = "cls") -> dict:
+    """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features.
+
+    `refit=False` (a fine-tuned classifier): no refit; the classifier itself on masked features, as "classifier".
+    """
+    seq = tuple(config.data.sequences.split(","))
+    train, test = splits["train"], splits[split]
+    kind = "full_probe" if refit else "classifier"
+    results = {"split": split, **({"refit": {}} if refit else {}), kind: {}, "dropped": {}}
+    cases = [(subsets.subset_name(s), lambda p, s=s: subsets.subset_masks(p, seq, s)) for s in subsets.all_subsets(seq)]
+    cases.append((subsets.RANDOM, lambda p: subsets.random_drop(p, config.seed)))
+    for name, keep_of in tqdm(cases, desc=f"sequence subsets ({split})", unit="subset"):
+        keep_tr, keep_te = keep_of(train.present), keep_of(test.present)
+        # A sample with none of the subset's sequences has nothing to show the model: left out, counted.
+        tr, te = keep_tr.any(1), keep_te.any(1)
+        results["dropped"][name] = {"train": int((~tr).sum()), split: int((~te).sum())}
+        if (refit and len(np.unique(train.label[tr])) < 2) or len(np.unique(test.label[te])) < 2:
+            continue
+        f_te = extractor(test.images[te], keep_te[te], desc=None)[pooling]
+        if refit:
+            f_tr = extractor(train.images[tr], keep_tr[tr], desc=None)[pooling]
+            probe = fit_probe(f_tr, train.label[tr], c_grid(config))
+            results["refit"][name] = scored(probe, f_te, test.label[te], 0)
+        results[kind][name] = scored(full_probe, f_te, test.label[te], 0)
+    return results
+
+
+def attention_examples(backbone, splits: dict[str, Split], split: str, sequences):
+    """One example per class from `split`: images (C,S,H,W) and mean-over-heads CLS attention (C,S,h,w)."""
+    data = splits[split]
+    rows = [int(np.flatnonzero(data.label == c)[0]) for c in range(len(CLASS_NAMES)) if (data.label == c).any()]
+    images = data.images[rows]
+    return images, attention_maps(backbone, sequences)(images, data.present[rows]), [CLASS_NAMES[int(data.label[r])] for r in rows]
+
+
+def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, export_dir: str = "",
+                      classifier: tuple | None = None) -> dict:
+    """Full evaluation of one backbone; writes DIR/eval (and the classifier to `export_dir`), returns the metrics.
+
+    Default: a linear probe fit on the train split's CLS features. `classifier` = (probe, pooling, head)
+    evaluates a trained classifier instead (a fine-tuned head as a Probe on `pooling` features; `head`
+    describes it, in metrics.json as "classifier" and in the export); its sweep refits nothing.
+    """
+    out = Path(workdir) / "eval"
+    cache = ensure_cache(config.data, workdir, config.seed)
+    splits = load_splits(config, cache)
+    seq = config.data.sequences.split(",")
+    full_probe, pooling, head = classifier or (None, "cls", None)
+    extractor = FeatureExtractor(backbone_def, params, seq, config.eval.batch_size, outputs=(pooling,))
+    train = splits["train"]
+    if full_probe is None:
+        full_probe = fit_probe(extractor(train.images, train.present, "train")["cls"], train.label, c_grid(config))
+    if export_dir:
+        export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq, pooling, head)
+    payload = {"config": json.loads(config.to_json_best_effort()), "step": int(step), "sequences": seq,
+               **({"classifier": head} if head else
+                  {"probe": {"c": full_probe.c, "selection": full_probe.selection}}),
+               "splits": {}, "n_train_labeled": len(train.label)}
+    plots = {}
+    for name in ("val", "test"):
+        if name not in splits:
+            continue
+        data = splits[name]
+        feats = extractor(data.images, data.present, name)[pooling]
+        payload["splits"][name] = scored(full_probe, feats, data.label, config.eval.bootstrap, config.seed)
+        probs = full_probe.predict_proba(feats, num_classes=len(CLASS_NAMES))
+        plots[f"roc_{name}.png"] = report.plot_roc(out / f"roc_{name}.png", data.label, probs)
+        plots[f"confusion_{name}.png"] = report.plot_confusion(
+            out / f"confusion_{name}.png", payload["splits"][name]["confusion"])
+    sweep_split = "test" if "test" in splits else "val"
+    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split, refit=head is None,
+                             pooling=pooling)
+    for kind in report.SWEEP_KINDS:
+        if kind in payload["sweep"]:
+            report.plot_subset_heatmap(out / f"subsets_{kind}.png", payload["sweep"][kind])
+    jsonl = Path(workdir) / "metrics.jsonl"
+    if jsonl.is_file():
+        report.plot_training_curves(out / "training_curves.png", jsonl)
+    images, attn, names = attention_examples(nnx.merge(backbone_def, params), splits, sweep_split, seq)
+    report.plot_attention_maps(out / "attention.png", images, attn, names, seq)
+    report.write_metrics_json(out / "metrics.json", payload)
+    report.write_report_md(out / "report.md", payload, {"workdir": str(workdir), "step": int(step)})
+    return payload
+
+
+def load_backbone(config, workdir: str, checkpoint: str = ""):
+    """(graphdef, teacher params, step) from a model directory or a step of DIR/checkpoints."""
+    if checkpoint and (Path(checkpoint) / "model.json").is_file():
+        backbone, _, _ = model_io.load_model(checkpoint)
+        graphdef, params = nnx.split(backbone)
+        return graphdef, params, 0
+    learner = build_learner(config)
+    checkpoints = ckpt_lib.RunCheckpoints(workdir)
+    step = int(checkpoint) if checkpoint else (checkpoints.best_step() or checkpoints.latest_step())
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first, or pass "
+                                "--checkpoint MODEL_DIR")
+    abstract = jax.eval_shape(learner.init, learner.params)
+    try:
+        state, _ = checkpoints.restore_state(step, abstract)
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"checkpoint step {step} in {workdir} does not fit the config's model "
+                         f"(model.arch / embed_dim / depth?): {err}") from err
+    finally:
+        checkpoints.close()
+    return learner.backbone_def, learner.backbone_of(state), step
+
+
+def summary_line(payload: dict, workdir: str) -> str:
+    test = payload["splits"].get("test") or payload["splits"].get("val")
+    split = "test" if "test" in payload["splits"] else "val"
+    low, high = test.get("ci", {}).get("mcc", (float("nan"),) * 2)
+    return (f"{split} MCC {test['mcc']:.3f} (95% CI {low:.3f}-{high:.3f}), macro AUC "
+            f"{test['auc_macro']:.3f}; report: {Path(workdir) / 'eval' / 'report.md'}")
