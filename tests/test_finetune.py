@@ -7,10 +7,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import pytest
 from flax import nnx
-from helpers.runs import ROOT, absl_main
 
+from helpers.runs import ROOT, absl_main
 from mmdino_jax.config_base import load_config
 from mmdino_jax.constants import CLASS_NAMES
 from mmdino_jax.eval.backbone import Split
@@ -43,7 +42,7 @@ def test_label_smoothed_cross_entropy_matches_numpy():
 
 
 def test_lora_starts_as_the_backbone_and_merges_into_plain_weights():
-    cfg = ViTConfig(embed_dim=32, depth=2, num_heads=2)
+    cfg = ViTConfig(embed_dim=32, depth=2, num_heads=2, layerscale_init=1.0)  # branches count fully
     plain = DinoViT(cfg, rngs=nnx.Rngs(0))
     plain_def, plain_params = nnx.split(plain)
     graphdef, adapters, base = split_adapters(add_lora(DinoViT(cfg, rngs=nnx.Rngs(0)), 3, True, nnx.Rngs(1)))
@@ -52,12 +51,14 @@ def test_lora_starts_as_the_backbone_and_merges_into_plain_weights():
     rng = np.random.default_rng(0)
     images = rng.normal(size=(2, 4, 28, 28)).astype(np.float32)
     present = np.array([[True, True, False, True], [True, False, True, True]])
-    run = lambda g, *p: nnx.merge(g, *p)(images, SEQUENCES, present=present)["patch"]
-    np.testing.assert_array_equal(run(graphdef, adapters, base), run(plain_def, plain_params))  # B = 0
+    forward = lambda g: jax.jit(lambda *p: nnx.merge(g, *p)(images, SEQUENCES, present=present)["patch"])
+    lora_forward, plain_forward = forward(graphdef), forward(plain_def)
+    plain_out = plain_forward(plain_params.to_pure_dict())
+    np.testing.assert_allclose(lora_forward(adapters, base), plain_out, atol=1e-6)  # B = 0
     trained = jax.tree.map(lambda a: 0.1 * rng.normal(size=a.shape).astype(np.float32), adapters)
-    adapted = run(graphdef, trained, base)
-    assert np.abs(adapted - run(plain_def, plain_params)).max() > 1e-2
-    np.testing.assert_allclose(run(plain_def, merge_adapters(base, trained)), adapted, atol=1e-5)
+    adapted = lora_forward(trained, base)
+    assert np.abs(adapted - plain_out).max() > 1e-2
+    np.testing.assert_allclose(plain_forward(merge_adapters(base, trained)), adapted, atol=1e-5)
 
 
 def finetune(workdir: Path, cache: Path, *overrides: str) -> None:
