@@ -21,12 +21,12 @@ from typing import Any
 
 from flax import nnx
 
-from mmdino_jax.models import io as model_io
 from mmdino_jax.constants import CLASS_NAMES, sequence_indices
 from mmdino_jax.data.augment import MEAN, STD
 from mmdino_jax.data.pipeline import AXIAL
 from mmdino_jax.data.prepare import CROP
 from mmdino_jax.eval.probe import Probe
+from mmdino_jax.models import io as model_io
 from mmdino_jax.models.vit import DinoViT
 
 FORMAT = "mmdino_jax.classifier"
