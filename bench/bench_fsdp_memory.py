@@ -25,9 +25,9 @@ import jax
 import numpy as np
 
 from mmdino_jax import sharding
+from mmdino_jax.config_base import base_config
 from mmdino_jax.ssl.learner import build_learner
 from mmdino_jax.training.sharded import shard_learner
-from mmdino_jax.config_base import base_config
 
 MiB = 2**20
 
@@ -124,7 +124,8 @@ def markdown(results: list[dict], devices: int) -> str:
     for r in results:
         name = _name(r)
         for fsdp, m in r["compiled"].items():
-            lines.append(f"| {name} | {fsdp} | {m['argument'] / MiB:,.1f} MiB | {m['state_in_arguments'] / MiB:,.1f} MiB"
+            lines.append(f"| {name} | {fsdp} | {m['argument'] / MiB:,.1f} MiB "
+                         f"| {m['state_in_arguments'] / MiB:,.1f} MiB"
                          f" | {m['state_from_shapes'] / MiB:,.1f} MiB | {m['output'] / MiB:,.1f} MiB | "
                          f"{m['temp'] / MiB:,.1f} MiB | {m['compile_s']:.0f} s |")
     return "\n".join(lines)

@@ -22,9 +22,9 @@ import jax
 
 from mmdino_jax import sharding
 from mmdino_jax.config_base import load_config
+from mmdino_jax.models.build import vit_config
 from mmdino_jax.ssl.learner import build_learner, random_batch
 from mmdino_jax.training.sharded import shard_learner
-from mmdino_jax.models.build import vit_config
 
 
 def vit_flops(cfg, images: int, sequences: int, size: int) -> float:

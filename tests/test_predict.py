@@ -14,10 +14,9 @@ import pytest
 from flax import nnx
 from scipy import ndimage
 
-from mmdino_jax.eval import backbone as eval_backbone
 from mmdino_jax.config_base import load_config
 from mmdino_jax.constants import CLASS_NAMES, SEQUENCES
-from mmdino_jax.data.setup import ensure_cache
+from mmdino_jax.eval import backbone as eval_backbone
 from mmdino_jax.eval.extract import FeatureExtractor
 from mmdino_jax.eval.probe import Probe, fit_probe
 from mmdino_jax.export import ArtifactError, export_classifier, load_classifier
@@ -30,11 +29,11 @@ ATOL = 1e-6  # probabilities are rounded to 6 decimals
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Synthetic cohort + cache, a backbone, the evaluation probe (as evaluate_backbone fits it) and its export."""
+def run(tmp_path_factory, smoke_cache):
+    """The smoke cohort + cache, a backbone, the evaluation probe (as evaluate_backbone fits it) and its export."""
     work = tmp_path_factory.mktemp("predict")
     config = load_config(SMOKE)
-    cache = ensure_cache(config.data, str(work), 0)
+    cache = smoke_cache
     graphdef, params = nnx.split(build_models(config.model, 0)[0])
     seq = config.data.sequences.split(",")
     splits = eval_backbone.load_splits(config, cache)
@@ -42,7 +41,7 @@ def run(tmp_path_factory):
     train = splits["train"]
     probe = fit_probe(extractor(train.images, train.present)["cls"], train.label, eval_backbone.c_grid(config))
     export_classifier(work / "clf", graphdef, params, probe, config, 7, seq)
-    return SimpleNamespace(work=work, cohort=work / "cohort", model=work / "clf", probe=probe, seq=seq,
+    return SimpleNamespace(cache=cache, cohort=cache.parent / "cohort", model=work / "clf", probe=probe, seq=seq,
                            extractor=extractor, test=splits["test"])
 
 
@@ -201,7 +200,7 @@ def test_evaluate_export_then_predict_cli(run, tmp_path):
     model_io.save_model(tmp_path / "model", nnx.merge(graphdef, params))
     base = [sys.executable, "-m"]
     subprocess.run([*base, "mmdino_jax.evaluate", "--config", SMOKE, "--workdir", str(tmp_path),
-                    f"--config.data.cache={run.work / 'cache'}", "--checkpoint", str(tmp_path / "model"),
+                    f"--config.data.cache={run.cache}", "--checkpoint", str(tmp_path / "model"),
                     "--export", str(tmp_path / "clf")], cwd=ROOT, check=True, capture_output=True)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert load_classifier(tmp_path / "clf").probe.c == metrics["probe"]["c"]

@@ -4,17 +4,16 @@ import json
 
 import jax
 import numpy as np
-from helpers.runs import SUPERVISED_SMOKE, absl_main
 
-from mmdino_jax.eval import backbone as eval_backbone
-from mmdino_jax.config_base import load_config
-from mmdino_jax.models.io import read_meta
+from helpers.runs import SUPERVISED_SMOKE, absl_main
 from mmdino_jax import sharding
+from mmdino_jax.config_base import load_config
+from mmdino_jax.eval import backbone as eval_backbone
+from mmdino_jax.models.io import read_meta
 from mmdino_jax.supervised.baseline import save_backbone
 from mmdino_jax.supervised.learner import build_classifier
 from mmdino_jax.training.data import train_dataset
 from mmdino_jax.training.sharded import shard_learner
-
 
 
 def test_fixed_batch_loss_decreases_and_backbone_evaluates(tmp_path, smoke_cache):

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from helpers.runs import ROOT, SMOKE, SUPERVISED_SMOKE, cli_cmd, metrics_by_step, run
 
+from helpers.runs import ROOT, SMOKE, SUPERVISED_SMOKE, cli_cmd, metrics_by_step, run
 from mmdino_jax.config_base import load_config
 from mmdino_jax.data.pipeline import host_batch
 from mmdino_jax.ssl.learner import class_weights

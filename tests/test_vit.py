@@ -137,7 +137,8 @@ def test_stochastic_depth_only_with_a_key(rate):
     np.testing.assert_array_equal(r1["cls"], r1b["cls"])
     assert not np.allclose(r1["cls"], det1["cls"], atol=1e-5)
     no_drop = DinoViT(ViTConfig(**TINY))
-    np.testing.assert_array_equal(fwd(no_drop, x, (0, 1), None, jax.random.key(1))["cls"], fwd(no_drop, x, (0, 1))["cls"])
+    np.testing.assert_array_equal(fwd(no_drop, x, (0, 1), None, jax.random.key(1))["cls"],
+                                  fwd(no_drop, x, (0, 1))["cls"])
 
 
 def test_drop_path_subset_keeps_the_other_samples_untouched():

@@ -1,4 +1,5 @@
-"""Linear-probe evaluation of a backbone, with the missing-modality sweep and a report (`python -m mmdino_jax.evaluate`).
+"""Linear-probe evaluation of a backbone, with the missing-modality sweep and a report (the library of
+`python -m mmdino_jax.evaluate`).
 
 Writes DIR/eval/{metrics.json, report.md, *.png}. The probe (logistic regression, C chosen by MCC
 on a 10 % hold-out of the labeled train subjects) is fit on the full CLS vector of the backbone.
@@ -16,7 +17,6 @@ from flax import nnx
 from tqdm import tqdm
 
 from mmdino_jax import checkpoint as ckpt_lib
-from mmdino_jax.models import io as model_io
 from mmdino_jax.constants import CLASS_NAMES
 from mmdino_jax.data import pipeline
 from mmdino_jax.data.setup import ensure_cache
@@ -25,6 +25,7 @@ from mmdino_jax.eval import report, subsets
 from mmdino_jax.eval.extract import FeatureExtractor, attention_maps
 from mmdino_jax.eval.probe import fit_probe
 from mmdino_jax.export import export_classifier
+from mmdino_jax.models import io as model_io
 from mmdino_jax.ssl.learner import build_learner
 
 
@@ -108,7 +109,8 @@ def attention_examples(backbone, splits: dict[str, Split], split: str, sequences
     data = splits[split]
     rows = [int(np.flatnonzero(data.label == c)[0]) for c in range(len(CLASS_NAMES)) if (data.label == c).any()]
     images = data.images[rows]
-    return images, attention_maps(backbone, sequences)(images, data.present[rows]), [CLASS_NAMES[int(data.label[r])] for r in rows]
+    names = [CLASS_NAMES[int(data.label[r])] for r in rows]
+    return images, attention_maps(backbone, sequences)(images, data.present[rows]), names
 
 
 def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, export_dir: str = "",

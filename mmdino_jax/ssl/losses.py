@@ -7,7 +7,8 @@ inputs are head logits, divided by `student_temp` here.
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from mmdino_jax.constants import UNLABELED
 

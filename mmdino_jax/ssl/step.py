@@ -16,7 +16,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mmdino_jax.ssl import losses, masking, teacher as teacher_lib
+from mmdino_jax.ssl import losses, masking
+from mmdino_jax.ssl import teacher as teacher_lib
 
 LOSS_TERMS = ("dino_local", "dino_global", "ibot", "koleo", "semi")
 

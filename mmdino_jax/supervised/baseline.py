@@ -15,8 +15,8 @@ from pathlib import Path
 import jax
 from flax import nnx
 
-from mmdino_jax.models import io as model_io
 from mmdino_jax.eval import backbone as eval_backbone
+from mmdino_jax.models import io as model_io
 from mmdino_jax.supervised.learner import build_classifier
 from mmdino_jax.training.data import prepared_cache
 from mmdino_jax.training.learner import Learner
@@ -48,7 +48,10 @@ def run_baseline(config, workdir: str, init_only: bool = False) -> dict:
         if not fitted.finished:
             return {}
         learner = fitted.run.learner
-        state, step = selected_state(workdir, learner) if config.eval_every else (fitted.result.state, config.total_steps)
+        if config.eval_every:
+            state, step = selected_state(workdir, learner)
+        else:
+            state, step = fitted.result.state, config.total_steps
         params = jax.device_get(learner.backbone_of(state))
         provenance = f"supervised baseline, step {step} of {config.total_steps} of cross-entropy on labeled subjects"
     if jax.process_index() != 0:

@@ -36,8 +36,12 @@ def metrics_by_step(workdir) -> dict[int, dict]:
 
 
 def absl_main(main, argv: list[str]):
-    """Call an absl CLI's `main` in this process with `argv` parsed into the global flags (as `app.run`)."""
+    """Call an absl CLI's `main` in this process with `argv` parsed into the global flags (as `app.run`).
+    sys.argv is set too: ml_collections reads the `--config.x` overrides from it."""
+    from unittest import mock
+
     from absl import flags
 
     flags.FLAGS.unparse_flags()
-    return main(flags.FLAGS([sys.argv[0], *argv]))
+    with mock.patch.object(sys, "argv", [sys.argv[0], *argv]):
+        return main(flags.FLAGS(sys.argv))

@@ -41,7 +41,8 @@ def random_backbone_sd(
         sd["mri_seq_embed.weight"] = r(4, d, scale=1.0)
     for i in range(depth):
         b = f"blocks.{i}."
-        sd |= {b + "norm1.weight": 1 + r(d), b + "norm1.bias": r(d), b + "norm2.weight": 1 + r(d), b + "norm2.bias": r(d)}
+        sd |= {b + "norm1.weight": 1 + r(d), b + "norm1.bias": r(d)}
+        sd |= {b + "norm2.weight": 1 + r(d), b + "norm2.bias": r(d)}
         sd |= {b + "attn.qkv.weight": r(3 * d, d), b + "attn.qkv.bias": r(3 * d)}
         sd |= {b + "attn.proj.weight": r(d, d), b + "attn.proj.bias": r(d)}
         sd |= {b + "ls1.gamma": 1 + r(d), b + "ls2.gamma": 1 + r(d)}
