@@ -29,7 +29,8 @@ TARGET = 900  # samples/s: ViT-S/14 training rate on one H100
 
 def naive_sample(subject, rng: np.random.Generator, cfg: CropConfig, min_voxels: int):
     """One training sample straight from NIfTI."""
-    volumes, mask, _, voxel_mm = read_subject(subject)
+    volumes, labels, _, voxel_mm = read_subject(subject)
+    mask = labels > 0
     axis = int(rng.integers(3))
     planes = np.moveaxis(mask, axis, 0)
     counts = planes.sum(axis=(1, 2))

@@ -7,9 +7,11 @@ Cache layout (all arrays memory-mappable, one sample = one row slice):
 
 - ``CACHE/<split>/images.npy``  (N, 4, 96, 96) float16, sequences in ``constants.SEQUENCES`` order, each scaled
   by its 1st/99th percentile over the crop to [0, 1]; missing sequences are zeros.
-- ``CACHE/<split>/seg.npy``     (N, 96, 96) uint8 tumour mask (seg > 0.5).
+- ``CACHE/<split>/seg.npy``     (N, 96, 96) uint8 BraTS labels 0 / 1 (necrotic core) / 2 (oedema) / 4 (enhancing);
+  BraTS 2023's enhancing label 3 is stored as 4, and a binary mask stays 0 / 1 (tumour = seg > 0).
 - ``CACHE/<split>/slices.npy``  (N, 4) int32 rows ``[subject, axis, slice index, tumour voxels]``, grouped by subject.
-- ``CACHE/<split>/index.json``  ``ids``, ``labels``, ``present`` (per subject) and the consolidation key.
+- ``CACHE/<split>/index.json``  ``ids``, ``labels``, ``present`` (per subject), the consolidation key and the
+  cache ``version`` (``CACHE_VERSION``; readers refuse another).
 - ``CACHE/parts/<split>/<id>.npz`` per-subject results (resume: a part whose input files are unchanged is reused).
 - ``CACHE/report.json``         the crop spacing, kept / labeled / per-class counts, missing sequences, skipped
   subjects, NaN voxels.
@@ -42,7 +44,7 @@ from mmdino_jax.data.cohort import LAYOUTS, Subject, class_counts, discover
 
 CROP = 96
 DEFAULT_SPACING = 1.0  # mm per crop pixel: MM-DINOv2's inputs are 1 mm SRI24 images, so a crop spans 96 mm
-PART_VERSION = 1
+CACHE_VERSION = 2  # 2: seg.npy holds the label values (1: a binary tumour mask)
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
 
@@ -92,16 +94,23 @@ def read_images(subject: Subject, grid: tuple[tuple, np.ndarray, str] | None = N
     return volumes, grid[1], nonfinite
 
 
+def seg_labels(seg: np.ndarray) -> np.ndarray:
+    """Label volume as uint8 0/1/2/4 (rounded; BraTS 2023's enhancing tumour 3 becomes 4)."""
+    labels = np.rint(np.clip(np.nan_to_num(seg, nan=0.0, posinf=0.0, neginf=0.0), 0, 255)).astype(np.uint8)
+    labels[labels == 3] = 4
+    return labels
+
+
 def read_subject(subject: Subject) -> tuple[np.ndarray, np.ndarray, int, tuple[float, float, float]]:
-    """(volumes (4, X, Y, Z) with zeros for missing sequences, tumour mask (X, Y, Z), non-finite voxels zeroed,
-    voxel size in mm per axis)."""
+    """(volumes (4, X, Y, Z) with zeros for missing sequences, labels (X, Y, Z) uint8 (see ``seg_labels``),
+    non-finite voxels zeroed, voxel size in mm per axis); tumour = labels > 0."""
     seg, seg_affine = load_volume(subject.seg)
     volumes, _, nonfinite = read_images(subject, (seg.shape, seg_affine, "seg"))
     nonfinite += int(np.count_nonzero(~np.isfinite(seg)))
-    mask = np.nan_to_num(seg, nan=0.0, posinf=0.0, neginf=0.0) > 0.5
-    if not mask.any():
+    labels = seg_labels(seg)
+    if not labels.any():
         raise SubjectError(f"segmentation {subject.seg.name} has no tumour voxel")
-    return volumes, mask, nonfinite, voxel_sizes(seg_affine)
+    return volumes, labels, nonfinite, voxel_sizes(seg_affine)
 
 
 def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
@@ -117,11 +126,11 @@ def scale_percentiles(crops: np.ndarray) -> np.ndarray:
 
 def crop_slice(images: np.ndarray, plane: np.ndarray, voxel_mm: tuple[float, float] = (1.0, 1.0),
                spacing: float = DEFAULT_SPACING) -> tuple[np.ndarray, np.ndarray]:
-    """Tumour crop of one slice: images (4, H, W) and its tumour mask (H, W) with in-plane voxel size
-    ``voxel_mm`` -> ((4, 96, 96) scaled, (96, 96) u8) at ``spacing`` mm, i.e. 96 * spacing mm wide.
+    """Tumour crop of one slice: images (4, H, W) and its labels (H, W) with in-plane voxel size ``voxel_mm``
+    -> ((4, 96, 96) scaled, (96, 96) u8) at ``spacing`` mm, i.e. 96 * spacing mm wide.
 
     Percentiles are taken over the pixels that lie inside the scan; the padding stays zero."""
-    centre = np.rint(ndimage.center_of_mass(plane)).astype(int)
+    centre = np.rint(ndimage.center_of_mass(plane > 0)).astype(int)
     rows, cols = (resample.axis_grid(c, n, v, spacing, CROP) for c, n, v in zip(centre, plane.shape, voxel_mm))
     sampled, out_seg = resample.resample_plane(images, plane.astype(np.uint8), rows, cols, voxel_mm, spacing)
     inside = (slice(None), slice(rows.start, rows.stop), slice(cols.start, cols.stop))
@@ -130,14 +139,15 @@ def crop_slice(images: np.ndarray, plane: np.ndarray, voxel_mm: tuple[float, flo
     return out_images, out_seg
 
 
-def crop_axis(volumes: np.ndarray, mask: np.ndarray, axis: int, min_voxels: int,
+def crop_axis(volumes: np.ndarray, seg: np.ndarray, axis: int, min_voxels: int,
               voxel_mm: tuple[float, float, float] = (1.0, 1.0, 1.0), spacing: float = DEFAULT_SPACING):
-    """Tumour crops of one axis: (images (n, 4, 96, 96) f16, seg (n, 96, 96) u8, rows (n, 3) [axis, index, count]).
+    """Tumour crops of one axis of a label (or bool tumour) volume: (images (n, 4, 96, 96) f16, seg (n, 96, 96)
+    u8 labels, rows (n, 3) [axis, index, tumour voxels]).
 
     Slices are the scan's own (through-plane positions are not resampled); each is resampled in-plane to
-    ``spacing`` mm. ``count`` is the slice's tumour voxels in the scan."""
-    planes = np.moveaxis(mask, axis, 0)
-    counts = planes.reshape(planes.shape[0], -1).sum(axis=1)
+    ``spacing`` mm. The tumour voxels are counted in the scan."""
+    planes = np.moveaxis(seg, axis, 0)
+    counts = np.count_nonzero(planes.reshape(planes.shape[0], -1), axis=1)
     keep = np.union1d(np.flatnonzero(counts >= min_voxels), [int(np.argmax(counts))])
     images = np.moveaxis(volumes, axis + 1, 1)
     in_plane = tuple(v for a, v in enumerate(voxel_mm) if a != axis)
@@ -150,7 +160,7 @@ def fingerprint(subject: Subject, min_voxels: int, spacing: float) -> str:
     """Identity of a subject's inputs: file paths, sizes and mtimes plus the settings."""
     files = [p for p in (*subject.images.values(), subject.seg) if p is not None]
     stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return json.dumps([PART_VERSION, min_voxels, float(spacing), stats])
+    return json.dumps([CACHE_VERSION, min_voxels, float(spacing), stats])
 
 
 def part_path(cache: Path, subject: Subject) -> Path:
@@ -165,10 +175,10 @@ def prepare_subject(subject: Subject, cache: Path, min_voxels: int, spacing: flo
             if str(part["fingerprint"]) == key:
                 return {"subject": subject.id, "nan": int(part["nan"])}
     try:
-        volumes, mask, nonfinite, voxel_mm = read_subject(subject)
+        volumes, labels, nonfinite, voxel_mm = read_subject(subject)
     except SubjectError as err:
         return {"subject": subject.id, "reason": str(err)}
-    images, seg, rows = zip(*(crop_axis(volumes, mask, axis, min_voxels, voxel_mm, spacing) for axis in range(3)))
+    images, seg, rows = zip(*(crop_axis(volumes, labels, axis, min_voxels, voxel_mm, spacing) for axis in range(3)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -183,7 +193,8 @@ def consolidate(cache: Path, split: str, subjects: list[Subject]) -> None:
     out = cache / split
     parts = [part_path(cache, s) for s in subjects]
     key = hashlib.sha1(json.dumps(
-        [[s.id, s.label, s.present, p.stat().st_mtime_ns] for s, p in zip(subjects, parts)]).encode()).hexdigest()
+        [CACHE_VERSION, *([s.id, s.label, s.present, p.stat().st_mtime_ns] for s, p in zip(subjects, parts))]
+    ).encode()).hexdigest()
     index_path = out / "index.json"
     if index_path.is_file() and json.loads(index_path.read_text())["key"] == key:
         return
@@ -207,7 +218,7 @@ def consolidate(cache: Path, split: str, subjects: list[Subject]) -> None:
     seg.flush()
     del images, seg
     np.save(out / "slices.npy", slices)
-    index = {"key": key, "ids": [s.id for s in subjects], "labels": [s.label for s in subjects],
+    index = {"version": CACHE_VERSION, "key": key, "ids": [s.id for s in subjects], "labels": [s.label for s in subjects],
              "present": [list(s.present) for s in subjects]}
     tmp = index_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(index))
