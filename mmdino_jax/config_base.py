@@ -105,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 64
     c.eval.bootstrap = 1000
     c.eval.at_end = True             # evaluate the final (or best) teacher when training ends
+    c.eval.compare_init = False      # also probe the backbone the run started from (paired MCC difference)
     return c
 
 
