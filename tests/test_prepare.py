@@ -8,7 +8,7 @@ from test_cohort import phantom, write_nifti, write_subject
 
 from mmdino_jax.constants import SEQUENCES
 from mmdino_jax.data.pipeline import CachedSplit
-from mmdino_jax.data.prepare import CROP, crop_axis, main, prepare, seg_labels, window
+from mmdino_jax.data.prepare import CROP, crop_axis, main, prepare, seg_labels
 
 
 def cached(cache, split="train"):
@@ -84,13 +84,6 @@ def test_cache_holds_every_tumour_slice_with_voxel_counts(cohort):
         np.testing.assert_array_equal((seg[slices[:, 0] == subject] > 0).sum(axis=(1, 2)), rows[:, 3])
     assert set(np.unique(seg)) == {0, 2, 4}  # the label values, not only the tumour mask
     assert not images[slices[:, 0] == 3][:, 0].any()  # sub004 has no t1
-
-
-def test_window_is_shifted_inside_and_padded():
-    assert window(10, 200) == (0, 96, 0)
-    assert window(100, 200) == (52, 148, 0)
-    assert window(195, 200) == (104, 200, 0)
-    assert window(5, 20) == (0, 20, 38)
 
 
 def test_crop_is_centred_on_the_slice_tumour_and_scaled():
