@@ -11,10 +11,11 @@ import numpy as np
 
 from mmdino_jax.constants import sequence_indices
 from mmdino_jax.data.augment import eval_view
-from mmdino_jax.data.pipeline import CachedSplit
-from mmdino_jax.data.prepare import crop_slice
+from mmdino_jax.data.pipeline import AXIAL, CachedSplit
+from mmdino_jax.data.prepare import DEFAULT_SPACING, crop_slice
 
 AGGREGATES = ("probs", "features")
+AXES = (AXIAL, *(a for a in range(3) if a != AXIAL))  # axial first: a subject's first slice is its largest axial
 
 
 def top_slices(counts, k: int) -> np.ndarray:
@@ -25,19 +26,22 @@ def top_slices(counts, k: int) -> np.ndarray:
 
 
 def cached_rows(data: CachedSplit, subject: int, k: int) -> np.ndarray:
-    """Cache rows of the subject's k largest tumour slices of each axis (axis order 0, 1, 2)."""
+    """Cache rows of the subject's k largest tumour slices of each axis (axes in AXES order)."""
     rows = np.arange(data.offsets[subject], data.offsets[subject + 1])
     return np.concatenate([rows[data.axis[rows] == a][top_slices(data.counts[rows][data.axis[rows] == a], k)]
-                           for a in range(3)])
+                           for a in AXES])
 
 
-def crop_largest_slices(volumes: np.ndarray, seg: np.ndarray, k: int) -> np.ndarray:
-    """(M, 4, 96, 96) float32 crops of the k largest tumour slices of each axis of a volume, as the cache holds them."""
+def crop_largest_slices(volumes: np.ndarray, seg: np.ndarray, k: int, voxel_mm=(1.0, 1.0, 1.0),
+                        spacing: float = DEFAULT_SPACING) -> np.ndarray:
+    """(M, 4, 96, 96) float32 crops of the k largest tumour slices of each axis (AXES order) of a volume with
+    voxel size `voxel_mm`, at `spacing` mm, exactly as the cache holds them."""
     crops = []
-    for axis in range(3):
+    for axis in AXES:
         planes, images = np.moveaxis(seg, axis, 0), np.moveaxis(volumes, axis + 1, 1)
         counts = np.count_nonzero(planes.reshape(len(planes), -1), axis=1)
-        crops += [crop_slice(images[:, i], planes[i])[0] for i in top_slices(counts, k)]
+        in_plane = tuple(v for a, v in enumerate(voxel_mm) if a != axis)
+        crops += [crop_slice(images[:, i], planes[i], in_plane, spacing)[0] for i in top_slices(counts, k)]
     return np.stack(crops).astype(np.float16).astype(np.float32)
 
 
