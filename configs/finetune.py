@@ -26,6 +26,8 @@ def get_config(arg=None):
     c.optim.layerwise_decay = 0.75
     c.optim.weight_decay = c.optim.weight_decay_end = 0.05
     c.eval_every = 3 if arg == "smoke" else 20  # validation MCC of the classifier picks the best checkpoint
+    c.eval.protocols = ""            # the classifier itself is evaluated, not probes of its frozen features
+    c.eval.compare_init = False
     c.finetune = ml_collections.ConfigDict({
         "init": "",                  # model directory | training run directory (its teacher) | "" = random init
         "pooling": "cls",            # cls | cls+mean_patch: the linear head's input

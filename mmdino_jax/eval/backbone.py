@@ -24,8 +24,10 @@ from mmdino_jax.eval import metrics as metrics_lib
 from mmdino_jax.eval import report, subsets
 from mmdino_jax.eval.extract import FeatureExtractor, attention_maps
 from mmdino_jax.eval.probe import fit_probe
+from mmdino_jax.eval.protocols import run_protocols, sweep_scorers
 from mmdino_jax.export import export_classifier
 from mmdino_jax.models import io as model_io
+from mmdino_jax.models.build import build_models
 from mmdino_jax.ssl.learner import build_learner
 
 
@@ -77,18 +79,20 @@ def validation_mcc(config, splits: dict[str, Split], extractor: FeatureExtractor
 
 
 def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str,
-          refit: bool = True, pooling: str = "cls") -> dict:
+          extra: dict | None = None, refit: bool = True, pooling: str = "cls") -> dict:
     """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features.
 
-    `refit=False` (a fine-tuned classifier): no refit; the classifier itself on masked features, as "classifier".
+    `extra` maps more result kinds to scorers (train feats, train labels, test feats, test labels) -> metrics,
+    run on the same masked features (the protocols' kNN). `refit=False` (a trained classifier as `full_probe`
+    on `pooling` features): nothing is refit; the classifier itself on masked features, as "classifier".
     """
     seq = tuple(config.data.sequences.split(","))
     train, test = splits["train"], splits[split]
+    extra = extra or {}
     kind = "full_probe" if refit else "classifier"
-    results = {"split": split, **({"refit": {}} if refit else {}), kind: {}, "dropped": {}}
-    cases = [(subsets.subset_name(s), lambda p, s=s: subsets.subset_masks(p, seq, s)) for s in subsets.all_subsets(seq)]
-    cases.append((subsets.RANDOM, lambda p: subsets.random_drop(p, config.seed)))
-    for name, keep_of in tqdm(cases, desc=f"sequence subsets ({split})", unit="subset"):
+    results = {"split": split, **({"refit": {}} if refit else {}), kind: {}, "dropped": {},
+               **{name: {} for name in extra}}
+    for name, keep_of in tqdm(subsets.sweep_cases(seq, config.seed), desc=f"sequence subsets ({split})", unit="subset"):
         keep_tr, keep_te = keep_of(train.present), keep_of(test.present)
         # A sample with none of the subset's sequences has nothing to show the model: left out, counted.
         tr, te = keep_tr.any(1), keep_te.any(1)
@@ -100,8 +104,40 @@ def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_pr
             f_tr = extractor(train.images[tr], keep_tr[tr], desc=None)[pooling]
             probe = fit_probe(f_tr, train.label[tr], c_grid(config))
             results["refit"][name] = scored(probe, f_te, test.label[te], 0)
+            for extra_kind, score in extra.items():
+                results[extra_kind][name] = score(f_tr, train.label[tr], f_te, test.label[te])
         results[kind][name] = scored(full_probe, f_te, test.label[te], 0)
     return results
+
+
+def initial_backbone(config):
+    """(graphdef, params, name) of the backbone a run starts from: the config's model at the run's seed."""
+    backbone = build_models(config.model, config.seed)[0]
+    graphdef, params = nnx.split(backbone)
+    return graphdef, params, "initial weights" if config.model.init_from else "random init"
+
+
+def initial_comparison(config, splits: dict[str, Split], trained_probs: dict[str, np.ndarray], cache,
+                       out_dir: Path) -> dict:
+    """The same probe protocol on the backbone the run started from, on each split of `trained_probs` (the
+    evaluated backbone's probabilities), with the paired-bootstrap CI of the MCC difference (evaluated minus
+    initial) on the same subjects; and the selected protocols (eval/protocols.py, plots in `out_dir`)."""
+    graphdef, params, name = initial_backbone(config)
+    initial = FeatureExtractor(graphdef, params, config.data.sequences.split(","), config.eval.batch_size)
+    train = splits["train"]
+    feats = {"train": initial(train.images, train.present, f"train ({name})")["cls"]}
+    initial_probe = fit_probe(feats["train"], train.label, c_grid(config))
+    out = {"name": name, "probe": {"c": initial_probe.c}, "splits": {}, "difference": {}}
+    for split, probs in trained_probs.items():
+        data = splits[split]
+        feats[split] = initial(data.images, data.present, f"{split} ({name})")["cls"]
+        out["splits"][split] = scored(initial_probe, feats[split], data.label, config.eval.bootstrap, config.seed)
+        diff, low, high = metrics_lib.paired_bootstrap_difference(
+            data.label, probs, initial_probe.predict_proba(feats[split], num_classes=len(CLASS_NAMES)), "mcc",
+            max(config.eval.bootstrap, 1), config.seed)
+        out["difference"][split] = {"mcc": diff, "ci": [low, high]}
+    out["protocols"] = run_protocols(config, cache, splits, feats, initial, graphdef, params, initial_probe, out_dir)
+    return out
 
 
 def attention_examples(backbone, splits: dict[str, Split], split: str, sequences):
@@ -119,8 +155,12 @@ def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, exp
 
     Default: a linear probe fit on the train split's CLS features. `classifier` = (probe, pooling, head)
     evaluates a trained classifier instead (a fine-tuned head as a Probe on `pooling` features; `head`
-    describes it, in metrics.json as "classifier" and in the export); its sweep refits nothing.
+    describes it, in metrics.json as "classifier" and in the export); its sweep refits nothing, and the
+    protocols and the initial-backbone comparison (probes of frozen features) do not apply.
     """
+    if classifier and (config.eval.protocols or config.eval.compare_init):
+        raise ValueError("a trained classifier is evaluated without eval.protocols and eval.compare_init (probes "
+                         "of frozen backbone features): set --config.eval.protocols= --config.eval.compare_init=False")
     out = Path(workdir) / "eval"
     cache = ensure_cache(config.data, workdir, config.seed)
     splits = load_splits(config, cache)
@@ -128,31 +168,36 @@ def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, exp
     full_probe, pooling, head = classifier or (None, "cls", None)
     extractor = FeatureExtractor(backbone_def, params, seq, config.eval.batch_size, outputs=(pooling,))
     train = splits["train"]
+    feats = {name: extractor(data.images, data.present, name)[pooling] for name, data in splits.items()
+             if full_probe is None or name != "train"}
     if full_probe is None:
-        full_probe = fit_probe(extractor(train.images, train.present, "train")["cls"], train.label, c_grid(config))
+        full_probe = fit_probe(feats["train"], train.label, c_grid(config))
     if export_dir:
         export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq, pooling, head)
     payload = {"config": json.loads(config.to_json_best_effort()), "step": int(step), "sequences": seq,
                **({"classifier": head} if head else
                   {"probe": {"c": full_probe.c, "selection": full_probe.selection}}),
                "splits": {}, "n_train_labeled": len(train.label)}
-    plots = {}
+    plots, trained_probs = {}, {}
     for name in ("val", "test"):
         if name not in splits:
             continue
         data = splits[name]
-        feats = extractor(data.images, data.present, name)[pooling]
-        payload["splits"][name] = scored(full_probe, feats, data.label, config.eval.bootstrap, config.seed)
-        probs = full_probe.predict_proba(feats, num_classes=len(CLASS_NAMES))
+        payload["splits"][name] = scored(full_probe, feats[name], data.label, config.eval.bootstrap, config.seed)
+        probs = trained_probs[name] = full_probe.predict_proba(feats[name], num_classes=len(CLASS_NAMES))
         plots[f"roc_{name}.png"] = report.plot_roc(out / f"roc_{name}.png", data.label, probs)
         plots[f"confusion_{name}.png"] = report.plot_confusion(
             out / f"confusion_{name}.png", payload["splits"][name]["confusion"])
+    if config.eval.compare_init:
+        payload["initial"] = initial_comparison(config, splits, trained_probs, cache, out / "initial")
     sweep_split = "test" if "test" in splits else "val"
-    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split, refit=head is None,
-                             pooling=pooling)
+    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split, sweep_scorers(config),
+                             refit=head is None, pooling=pooling)
     for kind in report.SWEEP_KINDS:
         if kind in payload["sweep"]:
             report.plot_subset_heatmap(out / f"subsets_{kind}.png", payload["sweep"][kind])
+    payload.update(run_protocols(config, cache, splits, feats, extractor, backbone_def, params, full_probe, out,
+                                 payload["sweep"]))
     jsonl = Path(workdir) / "metrics.jsonl"
     if jsonl.is_file():
         report.plot_training_curves(out / "training_curves.png", jsonl)
@@ -186,9 +231,25 @@ def load_backbone(config, workdir: str, checkpoint: str = ""):
     return learner.backbone_def, learner.backbone_of(state), step
 
 
+def _mcc_with_ci(scores: dict) -> str:
+    low, high = scores.get("ci", {}).get("mcc", (float("nan"),) * 2)
+    return f"{scores['mcc']:.3f} (95% CI {low:.3f} to {high:.3f})"
+
+
 def summary_line(payload: dict, workdir: str) -> str:
+    """The headline: test (else val) MCC and AUC; with an initial-weights comparison, one line per split
+    with both rows and the paired CI of their difference."""
+    report_path = Path(workdir) / "eval" / "report.md"
+    initial = payload.get("initial")
+    if initial:
+        lines = [f"{split:>4} MCC trained {_mcc_with_ci(scores)} | {initial['name']} "
+                 f"{_mcc_with_ci(initial['splits'][split])} | difference {initial['difference'][split]['mcc']:+.3f} "
+                 f"(paired 95% CI {initial['difference'][split]['ci'][0]:+.3f} to "
+                 f"{initial['difference'][split]['ci'][1]:+.3f})"
+                 for split, scores in payload["splits"].items()]
+        return "\n".join([*lines, f"report: {report_path}"])
     test = payload["splits"].get("test") or payload["splits"].get("val")
     split = "test" if "test" in payload["splits"] else "val"
     low, high = test.get("ci", {}).get("mcc", (float("nan"),) * 2)
     return (f"{split} MCC {test['mcc']:.3f} (95% CI {low:.3f}-{high:.3f}), macro AUC "
-            f"{test['auc_macro']:.3f}; report: {Path(workdir) / 'eval' / 'report.md'}")
+            f"{test['auc_macro']:.3f}; report: {report_path}")

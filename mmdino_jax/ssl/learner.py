@@ -10,6 +10,7 @@ from mmdino_jax import optim
 from mmdino_jax.constants import sequence_indices
 from mmdino_jax.data.pipeline import CachedSplit
 from mmdino_jax.models.build import build_models
+from mmdino_jax.ssl import signals
 from mmdino_jax.ssl import step as step_lib
 from mmdino_jax.training.learner import Learner
 
@@ -50,6 +51,7 @@ def build_learner(config, class_weight_labels: np.ndarray | None = None, abstrac
             s.teacher_temp, s.warmup_teacher_temp, s.warmup_teacher_temp_steps), jnp.float32),
         "teacher_momentum": jnp.asarray(optim.cosine_schedule(
             s.momentum_teacher, s.final_momentum_teacher, optim.optimizer_updates(config)), jnp.float32),
+        "koleo_scale": jnp.asarray(optim.linear_warmup(s.koleo_warmup_steps), jnp.float32),
     }
     n_classes = config.model.head_n_prototypes
     weights = None if class_weight_labels is None else jnp.asarray(class_weights(class_weight_labels, n_classes))
@@ -59,7 +61,8 @@ def build_learner(config, class_weight_labels: np.ndarray | None = None, abstrac
         make_step=lambda mesh: step_lib.make_train_step(step_cfg, backbone_def, head_def, tx, ssl_schedules,
                                                         mesh, weights),
         lr=schedules["lr"], backbone_def=backbone_def, backbone_of=teacher_backbone,
-        grad_accum_steps=config.optim.grad_accum_steps, fresh=tuple(fresh))
+        grad_accum_steps=config.optim.grad_accum_steps, fresh=tuple(fresh), progress=signals.progress_fields,
+        health=lambda: signals.HealthCheck(n_classes, grace=s.warmup_teacher_temp_steps).update)
 
 
 def learner_for_cache(config, cache) -> Learner:

@@ -27,6 +27,11 @@ def labeled_crops(batch: dict) -> dict:
     return {k: out[k] for k in BATCH_KEYS}
 
 
+def progress(values: dict) -> dict[str, str]:
+    return {"loss": f"{values['loss']:.4f}", "acc": f"{values['train_accuracy']:.2f}",
+            "sps": f"{values['samples_per_s']:.1f}"}
+
+
 def backbone_params(state) -> dict:
     return state["params"]["backbone"]
 
@@ -77,5 +82,4 @@ def build_classifier(config, cache=None) -> Learner:
 
     return Learner(params=params, init=init, make_step=lambda mesh: step, lr=schedules["lr"],
                    backbone_def=backbone_def, backbone_of=backbone_params, host_batch=labeled_crops,
-                   grad_accum_steps=config.optim.grad_accum_steps, fresh=tuple(fresh),
-                   progress=("train_accuracy",))
+                   grad_accum_steps=config.optim.grad_accum_steps, fresh=tuple(fresh), progress=progress)

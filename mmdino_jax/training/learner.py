@@ -16,6 +16,11 @@ from mmdino_jax.data.pipeline import host_batch
 StepFn = Callable[[Any, dict, jax.Array], tuple[Any, dict]]
 
 
+def loss_and_rate(values: dict) -> dict[str, str]:
+    """The default progress-bar postfix: loss and samples/s."""
+    return {"loss": f"{values['loss']:.4f}", "sps": f"{values['samples_per_s']:.1f}"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Learner:
     """A model, its optimizer and its step, unplaced and uncompiled (see `training.sharded.shard_learner`).
@@ -28,7 +33,8 @@ class Learner:
     host_batch: a pipeline batch (this process's numpy part) -> the arrays the step takes.
     grad_accum_steps: steps per optimizer update (the lr is looked up per update).
     fresh: parameter names left at random initialisation by `model.init_from` (recorded in checkpoints).
-    progress: metric names shown on the progress bar besides the loss.
+    progress: a logged record -> the progress bar's postfix fields.
+    health: None, or a factory of the run's health check: record -> warnings, called at every log step.
     """
     params: Any
     init: Callable[[Any], Any]
@@ -39,4 +45,5 @@ class Learner:
     host_batch: Callable[[dict], dict] = host_batch
     grad_accum_steps: int = 1
     fresh: tuple[str, ...] = ()
-    progress: tuple[str, ...] = ()
+    progress: Callable[[dict], dict[str, str]] = loss_and_rate
+    health: Callable[[], Callable[[dict], list[str]]] | None = None

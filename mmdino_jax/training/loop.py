@@ -4,7 +4,8 @@
     run = shard_learner(learner, sharding.make_mesh(config.mesh.fsdp))
     result = train_loop(LoopSettings.from_config(config), workdir, run, batches, evaluate_fn, meta)
 
-The loop brings: the tqdm progress bar, `metrics.jsonl` + TensorBoard (`run_log.RunLog`), Orbax checkpoints
+The loop brings: the tqdm progress bar (`Learner.progress`), health warnings (`Learner.health`),
+`metrics.jsonl` + TensorBoard (`run_log.RunLog`), Orbax checkpoints
 of the state with the Grain iterator position (`checkpoint.RunCheckpoints`), exact resume from the newest
 checkpoint of `workdir`, SIGTERM / Orbax preemption (save at a step boundary and return), the NaN stop,
 multi-device and multi-process batches (`ShardedLearner.global_batch`), and best-checkpoint selection by
@@ -100,6 +101,7 @@ def train_loop(settings: LoopSettings, workdir: str, run: ShardedLearner, batche
         tqdm.write(f"resumed from step {start} ({workdir}/checkpoints)")
     key = run.key(s.seed)
     log = RunLog(workdir, enabled=jax.process_index() == 0)
+    health = learner.health() if learner.health else (lambda record: [])
     stop = ckpt_lib.StopSignal()
     last, done, preempted = {}, start, False
     tick, tick_step = time.perf_counter(), start
@@ -128,8 +130,9 @@ def train_loop(settings: LoopSettings, workdir: str, run: ShardedLearner, batche
             last = {"step": done, **values}
             if logging_now:
                 log.write(last)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", **{k: f"{values[k]:.3g}" for k in learner.progress},
-                                sps=f"{values['samples_per_s']:.1f}")
+                bar.set_postfix(learner.progress(values))
+                for warning in health(last):
+                    tqdm.write(f"warning: {warning}")
             scores = None
             if evaluating:
                 scores = {ckpt_lib.BEST_METRIC: float(evaluate_fn(state))}
