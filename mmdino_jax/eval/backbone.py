@@ -196,8 +196,9 @@ def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, exp
     for kind in report.SWEEP_KINDS:
         if kind in payload["sweep"]:
             report.plot_subset_heatmap(out / f"subsets_{kind}.png", payload["sweep"][kind])
-    payload.update(run_protocols(config, cache, splits, feats, extractor, backbone_def, params, full_probe, out,
-                                 payload["sweep"]))
+    if head is None:
+        payload.update(run_protocols(config, cache, splits, feats, extractor, backbone_def, params, full_probe, out,
+                                     payload["sweep"]))
     jsonl = Path(workdir) / "metrics.jsonl"
     if jsonl.is_file():
         report.plot_training_curves(out / "training_curves.png", jsonl)

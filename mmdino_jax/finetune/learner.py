@@ -14,7 +14,7 @@ from mmdino_jax.constants import sequence_indices
 from mmdino_jax.finetune.model import FinetuneModel
 from mmdino_jax.finetune.step import StepConfig, init_state, make_train_step
 from mmdino_jax.models.vit import DinoViT
-from mmdino_jax.supervised.learner import labeled_crops
+from mmdino_jax.supervised.learner import labeled_crops, progress
 from mmdino_jax.training.learner import Learner
 
 
@@ -38,4 +38,4 @@ def finetune_learner(config, model: FinetuneModel) -> Learner:
         make_step=lambda mesh: make_train_step(model, step_config(config), tx),
         lr=schedules["lr"], backbone_def=plain_def,
         backbone_of=lambda state: model.plain_backbone(state["params"], state["frozen"])[1],
-        host_batch=labeled_crops, grad_accum_steps=config.optim.grad_accum_steps, progress=("train_accuracy",))
+        host_batch=labeled_crops, grad_accum_steps=config.optim.grad_accum_steps, progress=progress)
