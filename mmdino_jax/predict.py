@@ -25,14 +25,17 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from mmdino_jax.cli_errors import negative_values_attached, run_cli
 from mmdino_jax.constants import SEQUENCES, sequence_indices
+from mmdino_jax.data.blank import blank_note
 from mmdino_jax.data.augment import eval_view
 from mmdino_jax.data.cohort import LAYOUTS, Subject, discover
 from mmdino_jax.data.pipeline import AXIAL
 from mmdino_jax.data.prepare import SubjectError, crop_axis, read_images, read_subject
 from mmdino_jax.eval.extract import FeatureExtractor, attention_maps
 from mmdino_jax.eval.report import plot_attention_maps
-from mmdino_jax.export import ArtifactError, Classifier, load_classifier
+from mmdino_jax.export import Classifier, load_classifier
+from mmdino_jax.run_checks import check_output_dir, check_output_file
 
 OUTPUT_FORMATS = (".csv", ".json")
 
@@ -90,13 +93,14 @@ def canonical_centre(image_path: Path, canonical_affine: np.ndarray, centre) -> 
     return tuple(int(v) for v in np.rint(voxel[:3]))
 
 
-def largest_axial_crop(subject: Subject, centre=None) -> tuple[np.ndarray, int, int]:
-    """(crop (4, 96, 96) float32 exactly as the cache holds it, axial slice index, non-finite voxels zeroed).
+def largest_axial_crop(subject: Subject, centre=None) -> tuple[np.ndarray, int, int, list[str]]:
+    """(crop (4, 96, 96) float32 exactly as the cache holds it, axial slice index, non-finite voxels zeroed,
+    blank sequences (``data.blank``, zeroed like missing ones)).
 
     With ``centre`` the tumour mask is that single voxel, so the slice is its z and the crop is centred on it.
     """
     if centre is not None:
-        volumes, affine, nonfinite = read_images(subject)
+        volumes, affine, nonfinite, blank = read_images(subject)
         first = next(p for p in subject.images.values() if p is not None)
         mask = np.zeros(volumes.shape[1:], bool)
         mask[canonical_centre(first, affine, centre)] = True
@@ -104,10 +108,10 @@ def largest_axial_crop(subject: Subject, centre=None) -> tuple[np.ndarray, int, 
         raise SubjectError("no segmentation file: segment the tumour, or pass --center x,y,z (voxel "
                            "coordinates of the tumour centre) with this subject's folder as --input")
     else:
-        volumes, mask, nonfinite = read_subject(subject)
+        volumes, mask, nonfinite, blank = read_subject(subject)
     # Only the largest slice passes this threshold: the row that evaluation reads (CachedSplit.largest_axial).
     crops, _, rows = crop_axis(volumes, mask, AXIAL, min_voxels=mask.size + 1)
-    return crops[0].astype(np.float32), int(rows[0, 1]), nonfinite
+    return crops[0].astype(np.float32), int(rows[0, 1]), nonfinite, blank
 
 
 def subject_view(subject: Subject, clf: Classifier, centre=None) -> View:
@@ -117,11 +121,14 @@ def subject_view(subject: Subject, clf: Classifier, centre=None) -> View:
     if not present.any():
         have = [s for s in SEQUENCES if subject.images[s] is not None]
         raise SubjectError(f"none of the model's sequences ({','.join(clf.sequences)}) found, only {have}")
-    crop, axial_slice, nonfinite = largest_axial_crop(subject, centre)
+    crop, axial_slice, nonfinite, blank = largest_axial_crop(subject, centre)
+    present = present & np.array([s not in blank for s in clf.sequences])
+    if not present.any():
+        raise SubjectError(f"none of the model's sequences ({','.join(clf.sequences)}) is usable: {blank_note(blank)}")
     prep = clf.preprocessing
     image = eval_view(crop[seq], present, prep["size"], prep["mean"], prep["std"])
-    note = f"{nonfinite} non-finite voxels set to 0" if nonfinite else ""
-    return View(subject.id, image, present, axial_slice, note)
+    notes = [*subject.notes, f"{nonfinite} non-finite voxels set to 0" if nonfinite else "", blank_note(blank)]
+    return View(subject.id, image, present, axial_slice, "; ".join(n for n in notes if n))
 
 
 def result_row(clf: Classifier, subject: str, probs=None, view: View | None = None, reason: str = "") -> dict:
@@ -150,8 +157,14 @@ def classify(clf: Classifier, extractor: FeatureExtractor, views: list[View], at
     if not views:
         return []
     images, keep = np.stack([v.image for v in views]), np.stack([v.present for v in views])
-    probs = clf.probe.predict_proba(extractor(images, keep)["cls"], num_classes=len(clf.class_names))
-    rows = [result_row(clf, v.subject, p, v) for v, p in zip(views, probs)]
+    feats = extractor(images, keep)["cls"]
+    finite = np.isfinite(feats).all(axis=1)  # a NaN feature is a broken model, never a probability
+    probs = np.full((len(views), len(clf.class_names)), np.nan)
+    if finite.any():
+        probs[finite] = clf.probe.predict_proba(feats[finite], num_classes=len(clf.class_names))
+    rows = [result_row(clf, v.subject, p, v) if ok else
+            result_row(clf, v.subject, view=v, reason="the backbone produced NaN/inf features for this subject; "
+                       "check the model's weights") for v, p, ok in zip(views, probs, finite)]
     if attend is not None:
         for v, a, row in zip(views, attend(images, keep), rows):
             plot_subject(attention_dir, clf, v, a, row)
@@ -205,15 +218,15 @@ def write_results(rows: list[dict], out, clf: Classifier, model_dir: Path) -> No
 
 def run(args) -> list[dict]:
     """Everything after argument parsing; ValueError (incl. ArtifactError) for unusable input."""
+    if args.output:
+        check_output_file(args.output, "--output")
     clf = load_classifier(args.model)
     path = Path(args.input).expanduser().absolute()
     subjects, skipped = find_subjects(path, args.layout)
     if args.center is not None and len(subjects) + len(skipped) > 1:
         raise ValueError(f"--center is one tumour centre, but {path} holds {len(subjects) + len(skipped)} "
                          "subjects; pass a single subject folder as --input")
-    attention_dir = Path(args.attention_maps) if args.attention_maps else None
-    if attention_dir:
-        attention_dir.mkdir(parents=True, exist_ok=True)
+    attention_dir = check_output_dir(args.attention_maps, "--attention-maps") if args.attention_maps else None
     rows = predict(clf, subjects, args.center, args.batch_size, attention_dir)
     rows += [result_row(clf, s["subject"], reason=s["reason"]) for s in skipped]
     write_results(rows, args.output, clf, Path(args.model))
@@ -221,6 +234,11 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> list[dict]:
+    """The command line; errors end in one line and exit status 2 (``cli_errors``)."""
+    return run_cli(_main, argv, prog="python -m mmdino_jax.predict")
+
+
+def _main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="classifier directory (evaluate --export DIR)")
     parser.add_argument("--input", required=True, help="cohort root or one subject folder")
@@ -231,15 +249,12 @@ def main(argv=None) -> list[dict]:
                         help="tumour centre in voxels (one subject; replaces the segmentation)")
     parser.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the evaluation's, "
                         "which reproduces its probabilities exactly; others change float32 rounding)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(negative_values_attached(argv, ("--center",)))
     if args.output and Path(args.output).suffix not in OUTPUT_FORMATS:
         parser.error(f"--output {args.output}: use a .csv or .json file name")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    try:
-        rows = run(args)
-    except (ArtifactError, ValueError, FileExistsError) as err:
-        parser.exit(2, f"error: {err}\n")
+    rows = run(args)
     failed = sum(r["status"] != "ok" for r in rows)
     print(f"predicted {len(rows) - failed} subject(s), {failed} could not be used"
           + (f"; results: {args.output}" if args.output else ""), file=sys.stderr)
