@@ -117,6 +117,12 @@ class RunCheckpoints:
                     f"checkpoint step {step} in {self.manager.directory} was made with model.{name} {saved[name]!r}, "
                     f"this config has {config.model[name]!r}: use a new --workdir or the same config")
 
+    def check_resumable(self, config) -> None:
+        """Before any work: WorkdirError if the newest checkpoint was made with another model config."""
+        step = self.latest_step()
+        if step is not None and self.problems(step) == []:  # a corrupt one is reported (and skipped) on resume
+            self.check_same_model(step, config)
+
     def usable_step(self, prefer_best: bool = False, quarantine: bool = False) -> int | None:
         """The newest intact step (with ``prefer_best``, the best-scored one if intact); None if there is none.
 

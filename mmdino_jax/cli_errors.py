@@ -97,9 +97,12 @@ def parse_absl_flags(argv: Sequence[str]) -> list[str]:
     from absl import flags
 
     FLAGS = flags.FLAGS
-    FLAGS.unparse_flags()  # in-process callers (tests) parse more than once
+    FLAGS.unparse_flags()  # in-process callers (tests) parse more than once: forget the last parse,
+    for name in [n for n in FLAGS if "." in n]:  # including the --config.x override flags it registered
+        delattr(FLAGS, name)
+    saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # config_flags reads its --config.x overrides from sys.argv
     try:
-        return FLAGS([sys.argv[0], *argv])
+        return FLAGS(sys.argv)
     except flags.Error as err:
         raise ConfigError(one_line(err)) from None
     except (AttributeError, KeyError) as err:
@@ -107,6 +110,8 @@ def parse_absl_flags(argv: Sequence[str]) -> list[str]:
         given = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a.split("=")[0].split(".")]
         raise ConfigError(f"unknown config field {field!r} ({', '.join(given) or 'in the overrides'}); check "
                           "the spelling against the config file (configs/*.py, mmdino_jax/config_base.py)") from None
+    finally:
+        sys.argv = saved
 
 
 def _prog_name() -> str:

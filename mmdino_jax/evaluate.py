@@ -39,8 +39,9 @@ from mmdino_jax.run_log import quiet_library_logs
 
 def define_flags() -> None:
     """Command-line flags (defined only when run as a program, so the module imports cleanly)."""
-    config_flags.DEFINE_config_file("config", None, "The run's training config.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "The run directory (checkpoints/, metrics.jsonl); eval/ is written here.")
+    if "workdir" not in flags.FLAGS:  # shared with the training CLI when both run in one process (tests)
+        config_flags.DEFINE_config_file("config", None, "The run's training config.", lock_config=True)
+        flags.DEFINE_string("workdir", None, "The run directory (checkpoints/, metrics.jsonl); eval/ is written here.")
     flags.DEFINE_string("checkpoint", "", "A step of DIR/checkpoints, or a model directory; default: best, else latest.")
     flags.DEFINE_list("compare", [], "Run directories to put side by side (reads DIR/eval/metrics.json).")
     flags.DEFINE_string("export", "", "Also write the full-sequence probe + teacher backbone to this new directory "
@@ -227,6 +228,12 @@ def main(argv) -> None:
         print(f"classifier: {f.export} (python -m mmdino_jax.predict --model {f.export} --input PATH)")
 
 
+def cli(argv=None) -> None:
+    """The command line (flags defined on first use); errors end in one line (``cli_errors``)."""
+    if "export" not in flags.FLAGS:
+        define_flags()
+    run_cli(lambda args: main(parse_absl_flags(args)), argv, prog="python -m mmdino_jax.evaluate")
+
+
 if __name__ == "__main__":
-    define_flags()
-    run_cli(lambda argv: main(parse_absl_flags(argv)), prog="python -m mmdino_jax.evaluate")
+    cli()

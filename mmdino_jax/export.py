@@ -164,13 +164,13 @@ def load_classifier(path) -> Classifier:
     except (OSError, ValueError, KeyError) as err:
         raise ArtifactError(f"cannot read {path / 'probe.npz'} ({err}); re-export the classifier") from err
     check_probe(probe, embed_dim, len(doc["class_names"]), path / "probe.npz")
+    if not (path / "backbone" / "state").is_dir():
+        raise ArtifactError(f"{path / 'backbone' / 'state'} not found: the artifact lacks the backbone weights; "
+                            "re-export the classifier")
     if not checksums.has_manifest(path):
         log.warning("%s has no %s (exported before checksums): its integrity cannot be checked",
                     path, checksums.MANIFEST)
     elif problems := checksums.manifest_problems(path):
         raise ArtifactError(f"{path} is corrupt: {'; '.join(problems[:3])}; re-export the classifier")
-    if not (path / "backbone" / "state").is_dir():
-        raise ArtifactError(f"{path / 'backbone' / 'state'} not found: the artifact lacks the backbone weights; "
-                            "re-export the classifier")
     backbone, _, _ = model_io.load_model(path / "backbone")
     return Classifier(backbone, probe, doc)

@@ -43,6 +43,8 @@ def check_workdir(workdir) -> str:
 def check_train_config(config, device_count: int) -> None:
     """ConfigError for values no run can use: non-positive counts, a batch the devices cannot split, an
     unknown architecture or sequence, a data root or labels file that does not exist."""
+    if config is None:
+        raise ConfigError("--config is required, e.g. --config configs/demo.py")
     for name in POSITIVE_FIELDS:
         value = _get(config, name)
         if value is not None and value < 1:

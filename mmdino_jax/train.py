@@ -31,8 +31,9 @@ from mmdino_jax.workdir_lock import WorkdirLock
 
 def define_flags() -> None:
     """Command-line flags (defined only when run as a program, so the module imports cleanly)."""
-    config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, TensorBoard, cache.")
+    if "workdir" not in flags.FLAGS:  # shared with the evaluation CLI when both run in one process (tests)
+        config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
+        flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, TensorBoard, cache.")
     flags.DEFINE_enum("distributed", "none", ["none", "auto", "explicit"],
                       "Multi-process start-up: auto = detect TPU VM / SLURM; explicit = the flags below "
                       "(implied by --coordinator_address).")
@@ -209,9 +210,13 @@ def main(argv) -> None:
                                     flags.FLAGS.num_processes, flags.FLAGS.process_id)
     print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local devices, "
           f"{jax.device_count()} in all", flush=True)
-    config, workdir = flags.FLAGS.config, run_checks.check_workdir(flags.FLAGS.workdir)
+    config = flags.FLAGS.config
     run_checks.check_train_config(config, jax.device_count())
+    workdir = run_checks.check_workdir(flags.FLAGS.workdir)
     with WorkdirLock(workdir, "training", enabled=jax.process_index() == 0):
+        checkpoints = ckpt_lib.RunCheckpoints(workdir)
+        checkpoints.check_resumable(config)  # before the data and the model are built
+        checkpoints.close()
         run = setup(config, workdir)
         train(config, workdir, run, validation_fn(config, run) if config.eval_every else None)
         if config.eval.at_end:
@@ -220,9 +225,8 @@ def main(argv) -> None:
 
 def cli(argv=None) -> None:
     """The command line (flags defined on first use); errors end in one line (``cli_errors``)."""
-    if "workdir" not in flags.FLAGS:
+    if "distributed" not in flags.FLAGS:
         define_flags()
-        flags.mark_flag_as_required("config")
     run_cli(lambda args: main(parse_absl_flags(args)), argv, prog="python -m mmdino_jax.train")
 
 
