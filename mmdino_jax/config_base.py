@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.label_keep_fraction = 1.0 # keep this stratified share of the labels (low-label runs)
     c.data.workers = 0
     c.data.min_tumour_voxels = 500
+    c.data.spacing = 1.0             # mm per pixel of the cached 96 px crops (the paper's 1 mm SRI space)
     c.data.global_crops_size = 98
     c.data.global_crops_scale = (0.5, 1.0)
     c.data.local_crops_number = 8

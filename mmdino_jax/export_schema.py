@@ -23,6 +23,10 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _positive(value) -> bool:
+    return _number(value) and value > 0
+
+
 def check_document(doc: dict[str, Any], file: Path) -> None:
     """Types and ranges of classifier.json's class_names, sequences, preprocessing and batch_size."""
     names = doc["class_names"]
@@ -43,10 +47,12 @@ def check_document(doc: dict[str, Any], file: Path) -> None:
     if not isinstance(prep, dict):
         raise ArtifactError(f"{file}: preprocessing must be an object, got {prep!r}; {REEXPORT}")
     for key, ok, want in (("size", lambda v: isinstance(v, int) and v > 0, "a positive integer"),
-                          ("mean", _number, "a number"),
-                          ("std", lambda v: _number(v) and v > 0, "a positive number")):
-        if not ok(prep.get(key)):
-            raise ArtifactError(f"{file}: preprocessing.{key} = {prep.get(key)!r} must be {want}; {REEXPORT}")
+                          ("mean", _number, "a number"), ("std", _positive, "a positive number"),
+                          ("spacing_mm", _positive, "a positive number")):
+        if key not in prep:
+            raise ArtifactError(f"{file} lacks preprocessing.{key}; {REEXPORT}")
+        if not ok(prep[key]):
+            raise ArtifactError(f"{file}: preprocessing.{key} = {prep[key]!r} must be {want}; {REEXPORT}")
     if not (isinstance(doc["batch_size"], int) and doc["batch_size"] > 0):
         raise ArtifactError(f"{file}: batch_size = {doc['batch_size']!r} must be a positive integer; {REEXPORT}")
 

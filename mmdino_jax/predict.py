@@ -4,8 +4,8 @@
         [--attention-maps OUTDIR] [--center x,y,z] [--batch-size N]
 
 PATH is a cohort root or one subject folder in any supported layout. Each subject goes through exactly the
-evaluation view: largest axial tumour slice of the segmentation, 96x96 crop around its tumour centre,
-percentile scaling, resize and normalisation; sequences the subject lacks are masked as in training.
+evaluation view: largest axial tumour slice of the segmentation, resampled in-plane to the classifier's
+spacing (1 mm unless trained otherwise), 96x96 crop around its tumour centre, percentile scaling, resize and normalisation; sequences the subject lacks are masked as in training.
 Without a segmentation, ``--center x,y,z`` (0-based voxel coordinates of the image files, one subject) gives
 the axial slice z and the crop centre (x, y). A subject that cannot be used gets a row with the reason; the
 others are still predicted. Without ``--output`` the CSV goes to stdout.
@@ -31,7 +31,7 @@ from mmdino_jax.data.blank import blank_note
 from mmdino_jax.data.augment import eval_view
 from mmdino_jax.data.cohort import LAYOUTS, Subject, discover
 from mmdino_jax.data.pipeline import AXIAL
-from mmdino_jax.data.prepare import SubjectError, crop_axis, read_images, read_subject
+from mmdino_jax.data.prepare import SubjectError, crop_axis, read_images, read_subject, voxel_sizes
 from mmdino_jax.eval.extract import FeatureExtractor, attention_maps
 from mmdino_jax.eval.report import plot_attention_maps
 from mmdino_jax.export import Classifier, load_classifier
@@ -93,14 +93,15 @@ def canonical_centre(image_path: Path, canonical_affine: np.ndarray, centre) -> 
     return tuple(int(v) for v in np.rint(voxel[:3]))
 
 
-def largest_axial_crop(subject: Subject, centre=None) -> tuple[np.ndarray, int, int, list[str]]:
-    """(crop (4, 96, 96) float32 exactly as the cache holds it, axial slice index, non-finite voxels zeroed,
-    blank sequences (``data.blank``, zeroed like missing ones)).
+def largest_axial_crop(subject: Subject, spacing: float, centre=None) -> tuple[np.ndarray, int, int, list[str]]:
+    """(crop (4, 96, 96) float32 at ``spacing`` mm exactly as the cache holds it, axial slice index, non-finite
+    voxels zeroed, blank sequences (``data.blank``, zeroed like missing ones)).
 
     With ``centre`` the tumour mask is that single voxel, so the slice is its z and the crop is centred on it.
     """
     if centre is not None:
         volumes, affine, nonfinite, blank = read_images(subject)
+        voxel_mm = voxel_sizes(affine)
         first = next(p for p in subject.images.values() if p is not None)
         mask = np.zeros(volumes.shape[1:], bool)
         mask[canonical_centre(first, affine, centre)] = True
@@ -108,9 +109,9 @@ def largest_axial_crop(subject: Subject, centre=None) -> tuple[np.ndarray, int, 
         raise SubjectError("no segmentation file: segment the tumour, or pass --center x,y,z (voxel "
                            "coordinates of the tumour centre) with this subject's folder as --input")
     else:
-        volumes, mask, nonfinite, blank = read_subject(subject)
+        volumes, mask, nonfinite, voxel_mm, blank = read_subject(subject)
     # Only the largest slice passes this threshold: the row that evaluation reads (CachedSplit.largest_axial).
-    crops, _, rows = crop_axis(volumes, mask, AXIAL, min_voxels=mask.size + 1)
+    crops, _, rows = crop_axis(volumes, mask, AXIAL, mask.size + 1, voxel_mm, spacing)
     return crops[0].astype(np.float32), int(rows[0, 1]), nonfinite, blank
 
 
@@ -121,11 +122,11 @@ def subject_view(subject: Subject, clf: Classifier, centre=None) -> View:
     if not present.any():
         have = [s for s in SEQUENCES if subject.images[s] is not None]
         raise SubjectError(f"none of the model's sequences ({','.join(clf.sequences)}) found, only {have}")
-    crop, axial_slice, nonfinite, blank = largest_axial_crop(subject, centre)
+    prep = clf.preprocessing
+    crop, axial_slice, nonfinite, blank = largest_axial_crop(subject, prep["spacing_mm"], centre)
     present = present & np.array([s not in blank for s in clf.sequences])
     if not present.any():
         raise SubjectError(f"none of the model's sequences ({','.join(clf.sequences)}) is usable: {blank_note(blank)}")
-    prep = clf.preprocessing
     image = eval_view(crop[seq], present, prep["size"], prep["mean"], prep["std"])
     notes = [*subject.notes, f"{nonfinite} non-finite voxels set to 0" if nonfinite else "", blank_note(blank)]
     return View(subject.id, image, present, axial_slice, "; ".join(n for n in notes if n))
