@@ -162,7 +162,8 @@ class RunCheckpoints:
             except Exception as err:  # noqa: BLE001 - TensorStore / Orbax raise many types for bad files
                 if self.problems(step) is not None:  # intact files that do not fit: not corruption
                     raise WorkdirError(f"checkpoint step {step} in {self.manager.directory} does not fit this "
-                                       f"config ({type(err).__name__}): use a new --workdir or the same config") from err
+                                       f"config ({type(err).__name__}): use a new --workdir or the same config"
+                                       ) from err
                 self.skip(step, f"{type(err).__name__} while reading it", quarantine=True)
                 continue
             return step, state

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from mmdino_jax import checkpoint as ckpt_lib
 from mmdino_jax import model_io
-from mmdino_jax.constants import CLASS_NAMES
 from mmdino_jax.cli_errors import parse_absl_flags, run_cli
+from mmdino_jax.constants import CLASS_NAMES
 from mmdino_jax.data import pipeline
 from mmdino_jax.data.blank import constant_views
 from mmdino_jax.data.setup import ensure_cache

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from mmdino_jax.cli_errors import negative_values_attached, run_cli
 from mmdino_jax.constants import SEQUENCES, sequence_indices
-from mmdino_jax.data.blank import blank_note
 from mmdino_jax.data.augment import eval_view
+from mmdino_jax.data.blank import blank_note
 from mmdino_jax.data.cohort import LAYOUTS, Subject, discover
 from mmdino_jax.data.pipeline import AXIAL
 from mmdino_jax.data.prepare import SubjectError, crop_axis, read_images, read_subject, voxel_sizes

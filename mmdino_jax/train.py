@@ -29,6 +29,7 @@ from mmdino_jax.run_log import RunLog, quiet_library_logs
 from mmdino_jax.ssl import step as step_lib
 from mmdino_jax.workdir_lock import WorkdirLock
 
+
 def define_flags() -> None:
     """Command-line flags (defined only when run as a program, so the module imports cleanly)."""
     if "workdir" not in flags.FLAGS:  # shared with the evaluation CLI when both run in one process (tests)

@@ -292,7 +292,8 @@ def test_prepare_refuses_one_subject_twice(smoke, tmp_path, capsys, clash):
     subject = full_subjects(smoke, 1)[0]
     root = tmp_path / "cohort"
     first = copy_subjects(smoke, root / "train", [subject]) / subject[1]
-    twin = (root / "test" / subject[1]) if clash == "two splits" else root / "train" / re.sub(r"0(\d+)$", r"\1", subject[1])
+    shorter = re.sub(r"0(\d+)$", r"\1", subject[1])  # phantom-...-0001 -> phantom-...-001
+    twin = root / "test" / subject[1] if clash == "two splits" else root / "train" / shorter
     shutil.copytree(first, twin)
     err = fails(prepare.main, prepare_argv(root, tmp_path / "c"), capsys, "found twice", "leaks train into test")
     assert f"{first} and {twin}" in err or f"{twin} and {first}" in err
@@ -415,7 +416,8 @@ ARTIFACT_CASES = {
                                ["backbone/state not found", "lacks the backbone weights"]),
     "probe wider than the backbone": (dict(probe_edit=_widen),
                                       ["takes 65-dimensional features, but the backbone's embed_dim is 64"]),
-    "probe inconsistent": (dict(probe_edit=lambda p: setattr(p, "mean", np.zeros(10))), ["is inconsistent", "mean (10,)"]),
+    "probe inconsistent": (dict(probe_edit=lambda p: setattr(p, "mean", np.zeros(10))),
+                           ["is inconsistent", "mean (10,)"]),
     "probe NaN coefficients": (dict(probe_edit=lambda p: p.coef.__setitem__((0, 0), np.nan)), ["coef holds NaN"]),
     "probe zero scale": (dict(probe_edit=lambda p: p.scale.__setitem__(3, 0.0)), ["scale has 1 value(s) <= 0"]),
 }

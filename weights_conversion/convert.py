@@ -11,12 +11,12 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mmdino_jax.checksums import file_sha256
 from mmdino_jax.constants import SEQUENCES, sequence_indices
 from mmdino_jax.model_io import load_model, save_model
 from mmdino_jax.models.heads import DINOHead
 from mmdino_jax.models.vit import DinoViT
 from weights_conversion import dinov2
-from mmdino_jax.checksums import file_sha256
 from weights_conversion.files import check_finite, read_state_dict, write_state_dict
 
 HEAD_CHOICES = ("auto", "dino", "ibot", "none")

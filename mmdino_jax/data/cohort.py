@@ -194,9 +194,11 @@ def discover(
             notes = tuple(f"{s} file {paths[s].name} is a broken symbolic link (dangling or looping): treated as "
                           "missing; fix the link" for s in SEQUENCES if broken_link(paths[s]))
             if not any(images.values()):
-                reason = "; ".join(notes) or f"no image found (expected e.g. {paths[SEQUENCES[0]]}); check --layout {layout}"
+                reason = "; ".join(notes) or (f"no image found (expected e.g. {paths[SEQUENCES[0]]}); "
+                                              f"check --layout {layout}")
             elif broken_link(paths["seg"]) and not for_prediction:
-                reason = f"segmentation {paths['seg'].name} is a broken symbolic link (dangling or looping); fix the link"
+                reason = (f"segmentation {paths['seg'].name} is a broken symbolic link (dangling or looping); "
+                          "fix the link")
             elif not paths["seg"].is_file() and not for_prediction:
                 reason = f"no segmentation {paths['seg']}; segment the tumour first"
             else:
