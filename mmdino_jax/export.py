@@ -137,6 +137,8 @@ def read_classifier_json(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{file} is version {doc.get('version')!r}, this mmdino_jax reads version {VERSION}; "
                             "re-export it with this version (or use the mmdino_jax that wrote it)")
     missing = [k for k in ("class_names", "sequences", "preprocessing", "batch_size") if k not in doc]
+    prep = doc.get("preprocessing")
+    missing += [f"preprocessing.{k}" for k in ("spacing_mm",) if isinstance(prep, dict) and k not in prep]
     if missing:
         raise ArtifactError(f"{file} lacks {missing}; re-export the classifier")
     check_document(doc, file)
