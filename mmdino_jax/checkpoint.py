@@ -17,6 +17,7 @@ import threading
 
 import grain
 import jax
+import jax.experimental.multihost_utils
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
@@ -123,51 +124,66 @@ class RunCheckpoints:
         if step is not None and self.problems(step) == []:  # a corrupt one is reported (and skipped) on resume
             self.check_same_model(step, config)
 
-    def usable_step(self, prefer_best: bool = False, quarantine: bool = False) -> int | None:
+    def usable_step(self, prefer_best: bool = False) -> int | None:
         """The newest intact step (with ``prefer_best``, the best-scored one if intact); None if there is none.
-
-        Corrupt steps are skipped with a warning; with ``quarantine`` (resume) they are also moved to
-        ``<workdir>/checkpoints.corrupt/`` so that training can save those step numbers again.
-        """
+        Corrupt steps are skipped with a warning naming what is wrong."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         best = self.best_step() if prefer_best else None
-        for step in ([best] if best is not None else []) + steps:
+        for step in ([best] if best is not None else []) + [s for s in steps if s != best]:
             problems = self.problems(step)
             if not problems:
                 return step
-            self.skip(step, "; ".join(problems[:3]), quarantine)
+            log.warning("checkpoint step %d in %s is unusable (%s): skipped", step, self.manager.directory,
+                        "; ".join(problems[:3]))
         return None
 
-    def skip(self, step: int, why: str, quarantine: bool) -> None:
-        """Warn that ``step`` is unusable (and with ``quarantine`` move it out of the manager's directory)."""
-        where = ""
-        if quarantine and jax.process_index() == 0:
-            dest = self.workdir / "checkpoints.corrupt" / str(step)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists():
-                dest.rmtree()
-            self.step_dir(step).rename(dest)
-            self.manager.reload()
-            where = f"; moved to {dest}"
-        log.warning("checkpoint step %d in %s is unusable (%s): using an older one%s",
-                    step, self.manager.directory, why, where)
-
     def restore_latest(self, abstract_state, data_iterator, config):
-        """Resume: (step, state) of the newest intact checkpoint, (0, None) if there is none. A step that is
-        corrupt, or unreadable without a manifest to tell, is quarantined and the next older one tried."""
-        while (step := self.usable_step(quarantine=True)) is not None:
-            self.check_same_model(step, config)
+        """Resume: (step, state) of the newest intact checkpoint, (0, None) if there is none.
+
+        A step whose files do not match its manifest, or without a manifest cannot be read, is skipped with a
+        warning and moved to ``<workdir>/checkpoints.corrupt/`` (so that training can save that step again).
+        A step that is intact but made with other model shapes is refused (WorkdirError).
+        """
+        bad: dict[int, str] = {}
+        found, state = 0, None
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            problems = self.problems(step)
+            if problems:
+                bad[step] = "; ".join(problems[:3])
+                continue
             try:
+                self.check_same_model(step, config)
                 state, _ = self.restore(step, abstract_state, data_iterator)
+            except WorkdirError:
+                raise
             except Exception as err:  # noqa: BLE001 - TensorStore / Orbax raise many types for bad files
-                if self.problems(step) is not None:  # intact files that do not fit: not corruption
+                if problems is not None:  # intact files that do not fit: not corruption
                     raise WorkdirError(f"checkpoint step {step} in {self.manager.directory} does not fit this "
                                        f"config ({type(err).__name__}): use a new --workdir or the same config"
                                        ) from err
-                self.skip(step, f"{type(err).__name__} while reading it", quarantine=True)
+                bad[step] = f"{type(err).__name__} while reading it, and it has no {checksums.MANIFEST}"
                 continue
-            return step, state
-        return 0, None
+            found = step
+            break
+        self._quarantine(bad, found)
+        return found, state
+
+    def _quarantine(self, bad: dict[int, str], resumed: int) -> None:
+        """Warn about and (process 0) move the unusable steps out of the manager's directory."""
+        if not bad:
+            return
+        for step, why in sorted(bad.items()):
+            dest = self.workdir / "checkpoints.corrupt" / str(step)
+            log.warning("checkpoint step %d in %s is unusable (%s): moved to %s; %s", step, self.manager.directory,
+                        why, dest, f"resuming from step {resumed}" if resumed else "starting from scratch")
+            if jax.process_index() == 0:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if dest.exists():
+                    dest.rmtree()
+                self.step_dir(step).rename(dest)
+        if jax.process_count() > 1:
+            jax.experimental.multihost_utils.sync_global_devices("checkpoints quarantined")
+        self.manager.reload()
 
     def checked(self, step: int) -> int:
         """``step`` if its files match their manifest, else CorruptFileError (for an explicitly chosen step)."""

@@ -236,7 +236,7 @@ def test_truncated_latest_checkpoint_falls_back(smoke, tmp_path, caplog, manifes
     if manifest == "lost":
         (workdir / "checkpoints" / "3" / MANIFEST).unlink()
     assert resume(smoke, workdir)[0] == 2
-    assert "checkpoint step 3" in caplog.text and "using an older one" in caplog.text
+    assert "checkpoint step 3" in caplog.text and "resuming from step 2" in caplog.text
 
 
 def test_evaluate_refuses_a_corrupt_or_unknown_checkpoint(smoke, tmp_path, capsys):
