@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.ssl.dino_loss_weight = 1.0
     c.ssl.ibot_loss_weight = 1.0
     c.ssl.koleo_loss_weight = 0.1
+    c.ssl.koleo_warmup_steps = 0     # ramp KoLeo's weight from 0 over these updates (0 = the paper's constant)
     c.ssl.semi_loss_weight = 0.5
     c.ssl.semi_label_smoothing = 0.1
     c.ssl.semi_temperature = 0.1
@@ -104,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 64
     c.eval.bootstrap = 1000
     c.eval.at_end = True             # evaluate the final (or best) teacher when training ends
+    c.eval.compare_init = False      # also probe the backbone the run started from (paired MCC difference)
     return c
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from mmdino_jax.cli_errors import run_cli
@@ -190,7 +191,10 @@ def prepare_subject(subject: Subject, cache: Path, min_voxels: int, spacing: flo
         volumes, labels, nonfinite, voxel_mm, blank = read_subject(subject)
     except SubjectError as err:
         return {"subject": subject.id, "reason": str(err)}
-    images, seg, rows = zip(*(crop_axis(volumes, labels, axis, min_voxels, voxel_mm, spacing) for axis in range(3)))
+    # The resampling matmuls are tiny: a multi-threaded BLAS is many times slower on them on busy cores.
+    with threadpool_limits(1, "blas"):
+        images, seg, rows = zip(*(crop_axis(volumes, labels, axis, min_voxels, voxel_mm, spacing)
+                                  for axis in range(3)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:

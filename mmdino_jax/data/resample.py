@@ -66,7 +66,7 @@ def resample_plane(images: np.ndarray, labels: np.ndarray, rows: AxisGrid, cols:
     h, w = labels.shape
     r = rows.linear_weights(h, max(1.0, spacing_mm / voxel_mm[0]))
     c = cols.linear_weights(w, max(1.0, spacing_mm / voxel_mm[1]))
-    out_images = r @ images.astype(np.float32) @ c.T
+    out_images = r @ np.ascontiguousarray(images, np.float32) @ c.T
     out_labels = labels[np.ix_(rows.nearest(h), cols.nearest(w))]
     out_labels[:rows.start] = 0
     out_labels[rows.stop:] = 0

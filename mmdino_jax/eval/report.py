@@ -114,6 +114,20 @@ def _split_tables(splits: Mapping[str, Mapping]) -> list[str]:
     return out
 
 
+def _initial_table(results: Mapping) -> str:
+    """One row per split: trained MCC and the initial backbone's, each with its CI, and their paired difference."""
+    initial = results["initial"]
+    rows = []
+    for split in [s for s in SPLITS if s in initial["difference"]]:
+        diff = initial["difference"][split]
+        rows.append([split, results["splits"][split]["n"], _cell(results["splits"][split], "mcc"),
+                     _cell(initial["splits"][split], "mcc"),
+                     f"{diff['mcc']:+.3f} [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]"])
+    table = _table(["Split", "N", "trained MCC", f"{initial['name']} MCC", "difference (paired bootstrap CI)"], rows)
+    return table + ("\n\nBrackets: 95 % CIs; the difference's CI resamples the same subjects for both rows. "
+                    f"{initial['name']}: the backbone at step 0, probed exactly like the trained teacher.")
+
+
 def _sweep_table(sweep: Mapping) -> str:
     kinds = [k for k in SWEEP_KINDS if k in sweep]
     subsets = list(dict.fromkeys(s for k in kinds for s in sweep[k]))
@@ -151,6 +165,8 @@ def write_report_md(path, results: Mapping, meta: Mapping, others: Mapping[str, 
     parts = ["# Evaluation report", "\n".join(facts)] if facts else ["# Evaluation report"]
     if results.get("splits"):
         parts += ["## Classification (linear probe on teacher CLS features)", *_split_tables(results["splits"])]
+    if results.get("initial"):
+        parts += [f"## Trained vs {results['initial']['name']} (same probe protocol)", _initial_table(results)]
     if results.get("sweep"):
         parts += [f"## Missing-modality sweep ({results['sweep'].get('split', '?')})", _sweep_table(results["sweep"]),
                   "refit: probe refit per subset on masked features; full probe: the all-sequence probe "
