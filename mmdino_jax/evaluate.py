@@ -32,6 +32,7 @@ from mmdino_jax.eval import metrics as metrics_lib
 from mmdino_jax.eval import report, subsets
 from mmdino_jax.eval.extract import FeatureExtractor, attention_maps
 from mmdino_jax.eval.probe import fit_probe
+from mmdino_jax.eval.protocols import run_protocols, sweep_scorers
 from mmdino_jax.export import check_export_dir, export_classifier
 from mmdino_jax.learner import build_learner
 from mmdino_jax.models.build import build_models
@@ -102,14 +103,17 @@ def validation_mcc(config, splits: dict[str, Split], extractor: FeatureExtractor
     return metrics_lib.classification_metrics(val.label, probs)["mcc"]
 
 
-def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str) -> dict:
-    """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features."""
+def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str,
+          extra: dict | None = None) -> dict:
+    """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features.
+
+    `extra` maps more result kinds to scorers (train feats, train labels, test feats, test labels) -> metrics,
+    run on the same masked features (the protocols' kNN)."""
     seq = tuple(config.data.sequences.split(","))
     train, test = splits["train"], splits[split]
-    results = {"split": split, "refit": {}, "full_probe": {}, "dropped": {}}
-    cases = [(subsets.subset_name(s), lambda p, s=s: subsets.subset_masks(p, seq, s)) for s in subsets.all_subsets(seq)]
-    cases.append((subsets.RANDOM, lambda p: subsets.random_drop(p, config.seed)))
-    for name, keep_of in tqdm(cases, desc=f"sequence subsets ({split})", unit="subset"):
+    extra = extra or {}
+    results = {"split": split, "refit": {}, "full_probe": {}, "dropped": {}, **{kind: {} for kind in extra}}
+    for name, keep_of in tqdm(subsets.sweep_cases(seq, config.seed), desc=f"sequence subsets ({split})", unit="subset"):
         keep_tr, keep_te = keep_of(train.present), keep_of(test.present)
         # A sample with none of the subset's sequences has nothing to show the model: left out, counted.
         tr, te = keep_tr.any(1), keep_te.any(1)
@@ -121,6 +125,8 @@ def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_pr
         probe = fit_probe(f_tr, train.label[tr], c_grid(config))
         results["refit"][name] = scored(probe, f_te, test.label[te], 0)
         results["full_probe"][name] = scored(full_probe, f_te, test.label[te], 0)
+        for kind, score in extra.items():
+            results[kind][name] = score(f_tr, train.label[tr], f_te, test.label[te])
     return results
 
 
@@ -170,7 +176,8 @@ def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, exp
     seq = config.data.sequences.split(",")
     extractor = FeatureExtractor(backbone_def, params, seq, config.eval.batch_size)
     train = splits["train"]
-    full_probe = fit_probe(extractor(train.images, train.present, "train")["cls"], train.label, c_grid(config))
+    feats = {name: extractor(data.images, data.present, name)["cls"] for name, data in splits.items()}
+    full_probe = fit_probe(feats["train"], train.label, c_grid(config))
     if export_dir:
         export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq, overwrite)
     payload = {"config": json.loads(config.to_json_best_effort()), "step": int(step), "sequences": seq,
@@ -181,18 +188,19 @@ def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, exp
         if name not in splits:
             continue
         data = splits[name]
-        feats = extractor(data.images, data.present, name)["cls"]
-        payload["splits"][name] = scored(full_probe, feats, data.label, config.eval.bootstrap, config.seed)
-        probs = trained_probs[name] = full_probe.predict_proba(feats, num_classes=len(CLASS_NAMES))
+        payload["splits"][name] = scored(full_probe, feats[name], data.label, config.eval.bootstrap, config.seed)
+        probs = trained_probs[name] = full_probe.predict_proba(feats[name], num_classes=len(CLASS_NAMES))
         plots[f"roc_{name}.png"] = report.plot_roc(out / f"roc_{name}.png", data.label, probs)
         plots[f"confusion_{name}.png"] = report.plot_confusion(
             out / f"confusion_{name}.png", payload["splits"][name]["confusion"])
     if config.eval.compare_init:
         payload["initial"] = initial_comparison(config, splits, trained_probs)
     sweep_split = "test" if "test" in splits else "val"
-    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split)
+    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split, sweep_scorers(config))
     report.plot_subset_heatmap(out / "subsets_refit.png", payload["sweep"]["refit"])
     report.plot_subset_heatmap(out / "subsets_full_probe.png", payload["sweep"]["full_probe"])
+    payload.update(run_protocols(config, cache, splits, feats, extractor, backbone_def, params, full_probe, out,
+                                 payload["sweep"]))
     jsonl = Path(workdir) / "metrics.jsonl"
     if jsonl.is_file():
         report.plot_training_curves(out / "training_curves.png", jsonl)
