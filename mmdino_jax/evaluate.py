@@ -137,24 +137,26 @@ def initial_backbone(config):
     return graphdef, params, "initial weights" if config.model.init_from else "random init"
 
 
-def initial_comparison(config, splits: dict[str, Split], trained_probs: dict[str, np.ndarray]) -> dict:
+def initial_comparison(config, splits: dict[str, Split], trained_probs: dict[str, np.ndarray], cache,
+                       out_dir: Path) -> dict:
     """The same probe protocol on the backbone the run started from, on each split of `trained_probs` (the
     evaluated backbone's probabilities), with the paired-bootstrap CI of the MCC difference (evaluated minus
-    initial) on the same subjects."""
+    initial) on the same subjects; and the selected protocols (eval/protocols.py, plots in `out_dir`)."""
     graphdef, params, name = initial_backbone(config)
     initial = FeatureExtractor(graphdef, params, config.data.sequences.split(","), config.eval.batch_size)
     train = splits["train"]
-    initial_probe = fit_probe(initial(train.images, train.present, f"train ({name})")["cls"], train.label,
-                              c_grid(config))
+    feats = {"train": initial(train.images, train.present, f"train ({name})")["cls"]}
+    initial_probe = fit_probe(feats["train"], train.label, c_grid(config))
     out = {"name": name, "probe": {"c": initial_probe.c}, "splits": {}, "difference": {}}
     for split, probs in trained_probs.items():
         data = splits[split]
-        feats = initial(data.images, data.present, f"{split} ({name})")["cls"]
-        out["splits"][split] = scored(initial_probe, feats, data.label, config.eval.bootstrap, config.seed)
+        feats[split] = initial(data.images, data.present, f"{split} ({name})")["cls"]
+        out["splits"][split] = scored(initial_probe, feats[split], data.label, config.eval.bootstrap, config.seed)
         diff, low, high = metrics_lib.paired_bootstrap_difference(
-            data.label, probs, initial_probe.predict_proba(feats, num_classes=len(CLASS_NAMES)), "mcc",
+            data.label, probs, initial_probe.predict_proba(feats[split], num_classes=len(CLASS_NAMES)), "mcc",
             max(config.eval.bootstrap, 1), config.seed)
         out["difference"][split] = {"mcc": diff, "ci": [low, high]}
+    out["protocols"] = run_protocols(config, cache, splits, feats, initial, graphdef, params, initial_probe, out_dir)
     return out
 
 
@@ -194,7 +196,7 @@ def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, exp
         plots[f"confusion_{name}.png"] = report.plot_confusion(
             out / f"confusion_{name}.png", payload["splits"][name]["confusion"])
     if config.eval.compare_init:
-        payload["initial"] = initial_comparison(config, splits, trained_probs)
+        payload["initial"] = initial_comparison(config, splits, trained_probs, cache, out / "initial")
     sweep_split = "test" if "test" in splits else "val"
     payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split, sweep_scorers(config))
     report.plot_subset_heatmap(out / "subsets_refit.png", payload["sweep"]["refit"])

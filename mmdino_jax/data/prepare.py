@@ -234,8 +234,8 @@ def consolidate(cache: Path, split: str, subjects: list[Subject]) -> None:
     seg.flush()
     del images, seg
     np.save(out / "slices.npy", slices)
-    index = {"version": CACHE_VERSION, "key": key, "ids": [s.id for s in subjects], "labels": [s.label for s in subjects],
-             "present": [list(s.present) for s in subjects]}
+    index = {"version": CACHE_VERSION, "key": key, "ids": [s.id for s in subjects],
+             "labels": [s.label for s in subjects], "present": [list(s.present) for s in subjects]}
     tmp = index_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(index))
     os.replace(tmp, index_path)
