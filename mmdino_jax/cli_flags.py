@@ -35,5 +35,5 @@ def config_and_workdir() -> tuple:
     from absl import app
 
     if CONFIG.value is None or not WORKDIR.value:
-        raise app.UsageError("--config and --workdir are required")
+        raise app.UsageError("--config and --workdir are required (evaluate: or --compare DIR ...)")
     return CONFIG.value, WORKDIR.value

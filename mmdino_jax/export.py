@@ -11,6 +11,10 @@ An artifact directory (written by ``python -m mmdino_jax.evaluate ... --export D
                       the evaluation's batch size, the training config and the step it came from;
                       ``probe.pooling`` names the classifier's input (``models.heads.POOLINGS``: the CLS
                       token, or CLS + mean patch token); artifacts without it use the CLS token.
+- ``SHA256SUMS``      checksums of all of the above (``checksums``): a corrupt artifact is refused.
+
+Loading checks the schema (``export_schema``) of classifier.json and probe.npz against each other and the
+backbone before reading any weight, then the checksums.
 
 Prediction at the evaluation's batch size reproduces evaluation bit for bit: XLA's float32 rounding
 depends on the batch shape, and the probe's standardisation can magnify a 1-ulp feature difference.
@@ -19,17 +23,21 @@ depends on the batch shape, and the probe's standardisation can magnify a 1-ulp 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flax import nnx
 
+from mmdino_jax import checksums
 from mmdino_jax.constants import CLASS_NAMES, sequence_indices
 from mmdino_jax.data.augment import MEAN, STD
 from mmdino_jax.data.pipeline import AXIAL
 from mmdino_jax.data.prepare import CROP
 from mmdino_jax.eval.probe import Probe
+from mmdino_jax.export_schema import ArtifactError, check_backbone, check_document, check_probe
 from mmdino_jax.models import io as model_io
 from mmdino_jax.models.heads import POOLINGS, pooled_dim
 from mmdino_jax.models.vit import DinoViT
@@ -39,9 +47,8 @@ VERSION = 2  # 2: preprocessing.spacing_mm (physical field of view)
 SLICE_RULE = "largest axial tumour slice"
 HOW_TO_EXPORT = "export one with `python -m mmdino_jax.evaluate --config CFG --workdir RUN --export DIR`"
 
-
-class ArtifactError(ValueError):
-    """An artifact directory that cannot be used; the message says what is wrong and how to fix it."""
+__all__ = ["ArtifactError", "Classifier", "export_classifier", "check_export_dir", "load_classifier"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,12 +74,18 @@ class Classifier:
     @property
     def pooling(self) -> str:
         """The classifier's input features (``models.heads.POOLINGS``)."""
-        return self.meta.get("probe", {}).get("pooling", "cls")
+        return pooling_of(self.meta)
 
     @property
     def batch_size(self) -> int:
         """The batch size evaluation extracted features with."""
         return int(self.meta["batch_size"])
+
+
+def pooling_of(doc: dict[str, Any]) -> str:
+    """classifier.json's ``probe.pooling``; "cls" for artifacts written before it existed."""
+    probe = doc.get("probe")
+    return probe.get("pooling", "cls") if isinstance(probe, dict) else "cls"
 
 
 def preprocessing(eval_size: int, spacing: float) -> dict[str, Any]:
@@ -83,16 +96,27 @@ def preprocessing(eval_size: int, spacing: float) -> dict[str, Any]:
             "resize": "bicubic antialiased", "mean": MEAN, "std": STD}
 
 
-def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step: int, sequences,
-                      pooling: str = "cls", head: dict | None = None) -> Path:
-    """Write the artifact to ``out_dir`` (which must not hold one already); returns its path.
-
-    ``probe`` classifies the ``pooling`` features of the backbone; ``head`` describes it in classifier.json
-    (default: the evaluation's logistic-regression probe on teacher features).
-    """
+def check_export_dir(out_dir, overwrite: bool = False) -> Path:
+    """FileExistsError (before any work) unless ``out_dir`` can receive an artifact: it must not hold one,
+    unless ``overwrite``, and must not be a file or a non-empty directory of something else."""
     out = Path(out_dir).absolute()
     if (out / "classifier.json").exists():
-        raise FileExistsError(f"{out} already holds a classifier; choose a new directory or delete it")
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a classifier; choose a new directory, delete it, "
+                                  "or pass --overwrite")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty directory or a classifier; choose a new directory")
+    return out
+
+
+def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step: int, sequences,
+                      overwrite: bool = False, pooling: str = "cls", head: dict | None = None) -> Path:
+    """Write the artifact to ``out_dir``, which must not hold one already unless ``overwrite`` (the old one is then
+    replaced); returns its path. ``probe`` classifies the ``pooling`` features of the backbone; ``head``
+    describes it in classifier.json (default: the evaluation's logistic-regression probe on teacher features)."""
+    out = check_export_dir(out_dir, overwrite)
+    if (out / "classifier.json").exists():
+        shutil.rmtree(out)
     sequences = list(sequences.split(",") if isinstance(sequences, str) else sequences)
     sequence_indices(sequences)
     backbone = nnx.merge(backbone_def, params)
@@ -110,6 +134,7 @@ def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step:
            "probe": {**head, "pooling": pooling},
            "config": json.loads(config.to_json_best_effort())}
     (out / "classifier.json").write_text(json.dumps(doc, indent=2) + "\n")
+    checksums.write_manifest(out)
     return out
 
 
@@ -122,26 +147,26 @@ def read_classifier_json(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{file} not found: {path} is not a classifier artifact; {HOW_TO_EXPORT}")
     try:
         doc = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{file} is not valid JSON ({err}); re-export the classifier") from err
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{file} holds a {type(doc).__name__}, not a JSON object; re-export the classifier")
     if doc.get("format") != FORMAT:
         raise ArtifactError(f"{file} has format {doc.get('format')!r}, expected {FORMAT!r}; {HOW_TO_EXPORT}")
     if doc.get("version") != VERSION:
         raise ArtifactError(f"{file} is version {doc.get('version')!r}, this mmdino_jax reads version {VERSION}; "
                             "re-export it with this version (or use the mmdino_jax that wrote it)")
     missing = [k for k in ("class_names", "sequences", "preprocessing", "batch_size") if k not in doc]
-    missing += [f"preprocessing.{k}" for k in ("spacing_mm",) if k not in doc.get("preprocessing", {})]
+    prep = doc.get("preprocessing")
+    missing += [f"preprocessing.{k}" for k in ("spacing_mm",) if isinstance(prep, dict) and k not in prep]
     if missing:
         raise ArtifactError(f"{file} lacks {missing}; re-export the classifier")
+    check_document(doc, file)
     if doc["preprocessing"].get("crop") != CROP or doc["preprocessing"].get("axis") != AXIAL:
         raise ArtifactError(f"{file} was made with crop {doc['preprocessing'].get('crop')} on axis "
                             f"{doc['preprocessing'].get('axis')}; this mmdino_jax crops {CROP} px on axis {AXIAL}")
-    try:
-        sequence_indices(doc["sequences"])
-    except ValueError as err:
-        raise ArtifactError(f"{file}: {err}") from err
-    if doc.get("probe", {}).get("pooling", "cls") not in POOLINGS:
-        raise ArtifactError(f"{file}: probe.pooling {doc['probe']['pooling']!r} is not one of {POOLINGS}; "
+    if pooling_of(doc) not in POOLINGS:
+        raise ArtifactError(f"{file}: probe.pooling {pooling_of(doc)!r} is not one of {POOLINGS}; "
                             "re-export the classifier")
     for name, hint in (("probe.npz", "the probe"), ("backbone/model.json", "the backbone")):
         if not (path / name).is_file():
@@ -154,17 +179,24 @@ def load_classifier(path) -> Classifier:
     path = Path(path).expanduser().absolute()
     doc = read_classifier_json(path)
     try:
+        backbone_meta = model_io.read_meta(path / "backbone")
+        embed_dim = int(backbone_meta["config"]["embed_dim"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{path / 'backbone' / 'model.json'} is broken ({err}); re-export the classifier") from None
+    check_backbone(doc, backbone_meta, path / "classifier.json", path / "backbone" / "model.json")
+    try:
         probe = Probe.load_npz(path / "probe.npz")
     except (OSError, ValueError, KeyError) as err:
         raise ArtifactError(f"cannot read {path / 'probe.npz'} ({err}); re-export the classifier") from err
+    pooling = pooling_of(doc)
+    check_probe(probe, pooled_dim(embed_dim, pooling), len(doc["class_names"]), path / "probe.npz", pooling)
+    if not (path / "backbone" / "state").is_dir():
+        raise ArtifactError(f"{path / 'backbone' / 'state'} not found: the artifact lacks the backbone weights; "
+                            "re-export the classifier")
+    if not checksums.has_manifest(path):
+        log.warning("%s has no %s (exported before checksums): its integrity cannot be checked",
+                    path, checksums.MANIFEST)
+    elif problems := checksums.manifest_problems(path):
+        raise ArtifactError(f"{path} is corrupt: {'; '.join(problems[:3])}; re-export the classifier")
     backbone, _, _ = model_io.load_model(path / "backbone")
-    pooling = doc.get("probe", {}).get("pooling", "cls")
-    dim = pooled_dim(backbone.cfg.embed_dim, pooling)
-    if probe.mean.shape[0] != dim or probe.coef.shape[1] != dim:
-        raise ArtifactError(f"{path / 'probe.npz'} expects {probe.mean.shape[0]} features but the backbone's "
-                            f"{pooling} features have {dim}: probe and backbone come from different runs; "
-                            "re-export")
-    if probe.classes.max() >= len(doc["class_names"]):
-        raise ArtifactError(f"{path / 'probe.npz'} predicts class {probe.classes.max()} but classifier.json "
-                            f"names {len(doc['class_names'])} classes; re-export the classifier")
     return Classifier(backbone, probe, doc)

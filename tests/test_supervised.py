@@ -5,7 +5,7 @@ import json
 import jax
 import numpy as np
 
-from helpers.runs import SUPERVISED_SMOKE, absl_main
+from helpers.runs import SUPERVISED_SMOKE
 from mmdino_jax import sharding
 from mmdino_jax.config_base import load_config
 from mmdino_jax.eval import backbone as eval_backbone
@@ -43,10 +43,10 @@ def test_fixed_batch_loss_decreases_and_backbone_evaluates(tmp_path, smoke_cache
 
 
 def test_cli_init_only_saves_random_backbone(tmp_path, smoke_cache):
-    from mmdino_jax.supervised.__main__ import main
+    from mmdino_jax.supervised.__main__ import cli
 
-    absl_main(main, ["--config", SUPERVISED_SMOKE, "--workdir", str(tmp_path), f"--config.data.cache={smoke_cache}",
-                     "--config.eval.at_end=False", "--init_only"])
+    cli(["--config", SUPERVISED_SMOKE, "--workdir", str(tmp_path), f"--config.data.cache={smoke_cache}",
+         "--config.eval.at_end=False", "--init_only"])
     meta = json.loads((tmp_path / "backbone" / "model.json").read_text())
     assert meta["provenance"].startswith("random init") and meta["config"]["embed_dim"] == 64
     assert not (tmp_path / "metrics.jsonl").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from mmdino_jax import checkpoint as ckpt_lib
 from mmdino_jax.constants import CLASS_NAMES
 from mmdino_jax.data import pipeline
+from mmdino_jax.data.blank import constant_views
 from mmdino_jax.data.setup import ensure_cache
 from mmdino_jax.eval import metrics as metrics_lib
 from mmdino_jax.eval import report, subsets
@@ -42,6 +44,11 @@ class Split:
     @classmethod
     def load(cls, cache, name: str, sequences, size: int, labeled_only: bool) -> "Split":
         a = pipeline.eval_arrays(cache, name, sequences, size)
+        blank = constant_views(a["images"], a["present"])
+        if blank.any():  # a cache prepared before the blank-input rule: mask them as prepare now does
+            logging.warning("%s/%s: %d present sequence view(s) of %d subject(s) are blank (constant): treated as "
+                            "missing; re-prepare the cache", cache, name, int(blank.sum()), int(blank.any(1).sum()))
+            a["present"] = a["present"] & ~blank
         rows = np.flatnonzero(a["label"] >= 0) if labeled_only else np.arange(len(a["label"]))
         if not len(rows):
             raise ValueError(f"split {name!r} of {cache} has no labeled subject to evaluate on")
@@ -150,8 +157,9 @@ def attention_examples(backbone, splits: dict[str, Split], split: str, sequences
 
 
 def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, export_dir: str = "",
-                      classifier: tuple | None = None) -> dict:
-    """Full evaluation of one backbone; writes DIR/eval (and the classifier to `export_dir`), returns the metrics.
+                      overwrite: bool = False, classifier: tuple | None = None) -> dict:
+    """Full evaluation of one backbone; writes DIR/eval (and the classifier to `export_dir`, replacing one there
+    with `overwrite`), returns the metrics.
 
     Default: a linear probe fit on the train split's CLS features. `classifier` = (probe, pooling, head)
     evaluates a trained classifier instead (a fine-tuned head as a Probe on `pooling` features; `head`
@@ -173,7 +181,7 @@ def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, exp
     if full_probe is None:
         full_probe = fit_probe(feats["train"], train.label, c_grid(config))
     if export_dir:
-        export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq, pooling, head)
+        export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq, overwrite, pooling, head)
     payload = {"config": json.loads(config.to_json_best_effort()), "step": int(step), "sequences": seq,
                **({"classifier": head} if head else
                   {"probe": {"c": full_probe.c, "selection": full_probe.selection}}),
@@ -215,14 +223,19 @@ def load_backbone(config, workdir: str, checkpoint: str = ""):
         backbone, _, _ = model_io.load_model(checkpoint)
         graphdef, params = nnx.split(backbone)
         return graphdef, params, 0
+    if checkpoint and not checkpoint.isdigit():
+        raise FileNotFoundError(f"--checkpoint {checkpoint} is neither a step of {workdir}/checkpoints nor a model "
+                                "directory (with model.json)")
     learner = build_learner(config)
     checkpoints = ckpt_lib.RunCheckpoints(workdir)
-    step = int(checkpoint) if checkpoint else (checkpoints.best_step() or checkpoints.latest_step())
+    step = checkpoints.checked(int(checkpoint)) if checkpoint else checkpoints.usable_step(prefer_best=True)
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first, or pass "
+        checkpoints.close()
+        raise FileNotFoundError(f"no usable checkpoint in {workdir}/checkpoints: train first, or pass "
                                 "--checkpoint MODEL_DIR")
     abstract = jax.eval_shape(learner.init, learner.params)
     try:
+        checkpoints.check_same_model(step, config)
         state, _ = checkpoints.restore_state(step, abstract)
     except (ValueError, KeyError) as err:
         raise ValueError(f"checkpoint step {step} in {workdir} does not fit the config's model "

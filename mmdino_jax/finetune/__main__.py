@@ -10,29 +10,29 @@ Restarting with the same --workdir resumes. Writes DIR/eval (evaluate's report) 
 
 from __future__ import annotations
 
-from absl import app
-
 from mmdino_jax import cli_flags
+from mmdino_jax.cli_errors import parse_absl_flags, run_cli
 from mmdino_jax.eval.backbone import summary_line
 from mmdino_jax.finetune.run import run_finetune
 from mmdino_jax.run_log import quiet_library_logs
+from mmdino_jax.training.run import checked_run
 
 
 def main(argv) -> None:
     del argv
     quiet_library_logs()
     cli_flags.start_processes()
-    config, workdir = cli_flags.config_and_workdir()
-    payload = run_finetune(config, workdir)
+    with checked_run(cli_flags.CONFIG.value, cli_flags.WORKDIR.value) as (config, workdir):
+        payload = run_finetune(config, workdir)
     if payload:
         print(summary_line(payload, workdir))
         print(f"classifier: {workdir}/classifier (python -m mmdino_jax.predict --model {workdir}/classifier "
               "--input PATH)")
 
 
-def cli() -> None:
-    """The console-script entry point."""
-    app.run(main)
+def cli(argv=None) -> None:
+    """The command line (also the `mmdino-finetune` console script)."""
+    run_cli(lambda args: main(parse_absl_flags(args)), argv, prog="python -m mmdino_jax.finetune")
 
 
 if __name__ == "__main__":

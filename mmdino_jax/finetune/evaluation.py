@@ -52,7 +52,8 @@ def validation_fn(config, model: FinetuneModel, cache):
 
 def evaluate_classifier(config, workdir: str, model: FinetuneModel, params: dict, frozen: dict, step: int,
                         head: dict, export_dir: str = "") -> dict:
-    """`evaluate`'s full report of the classifier in DIR/eval (and its artifact in `export_dir`)."""
+    """`evaluate`'s full report of the classifier in DIR/eval (and its artifact in `export_dir`, replacing one
+    there: a rerun of a finished run re-exports)."""
     graphdef, backbone = model.plain_backbone(params, frozen)
-    return eval_backbone.evaluate_backbone(config, workdir, graphdef, backbone, step, export_dir,
-                                      classifier=(head_probe(params["head"]), model.pooling, head))
+    return eval_backbone.evaluate_backbone(config, workdir, graphdef, backbone, step, export_dir, overwrite=True,
+                                           classifier=(head_probe(params["head"]), model.pooling, head))

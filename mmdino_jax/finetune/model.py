@@ -20,7 +20,6 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from mmdino_jax import checkpoint as ckpt_lib
@@ -62,17 +61,20 @@ class FinetuneModel:
 
 
 def run_config(workdir: str | Path) -> tuple[ml_collections.ConfigDict, int]:
-    """(config, step) of the checkpoint a training run is evaluated from: best, else latest."""
+    """(config, step) of the checkpoint a training run is evaluated from: the best intact one, else the newest."""
     checkpoints = ckpt_lib.RunCheckpoints(str(workdir))
     try:
-        step = checkpoints.best_step() or checkpoints.latest_step()
+        step = checkpoints.usable_step(prefer_best=True)
         if step is None:
-            raise FileNotFoundError(f"finetune.init={workdir}: no checkpoint in {workdir}/checkpoints; train "
-                                    "the run first, or start from a model directory")
-        meta = checkpoints.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            raise FileNotFoundError(f"finetune.init={workdir}: no usable checkpoint in {workdir}/checkpoints; "
+                                    "train the run first, or start from a model directory")
+        config = checkpoints.saved_config(step)
     finally:
         checkpoints.close()
-    return ml_collections.ConfigDict(meta["config"]), step
+    if not config:
+        raise ValueError(f"finetune.init={workdir}: checkpoint step {step} holds no run config; start from a "
+                         "model directory instead")
+    return ml_collections.ConfigDict(config), step
 
 
 def _teacher(workdir: Path) -> tuple[ViTConfig, dict, str]:

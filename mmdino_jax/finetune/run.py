@@ -7,7 +7,6 @@ evaluated with `evaluate`'s report in DIR/eval and exported to DIR/classifier fo
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import jax
@@ -47,8 +46,6 @@ def run_finetune(config, workdir: str) -> dict:
         return {}
     state, step = selected_state(workdir, learner)
     export = Path(workdir) / "classifier"
-    if export.exists():  # this run's own earlier export (a rerun of a finished run)
-        shutil.rmtree(export)
     payload = evaluate_classifier(config, workdir, model, jax.device_get(state["params"]),
                                   jax.device_get(state["frozen"]), step, describe(config, model, summary),
                                   str(export))

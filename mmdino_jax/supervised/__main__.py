@@ -8,12 +8,14 @@ Restarting with the same --workdir resumes; multi-process with --distributed as 
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from mmdino_jax import cli_flags
+from mmdino_jax.cli_errors import parse_absl_flags, run_cli
 from mmdino_jax.eval.backbone import summary_line
 from mmdino_jax.run_log import quiet_library_logs
 from mmdino_jax.supervised.baseline import run_baseline
+from mmdino_jax.training.run import checked_run
 
 INIT_ONLY = flags.DEFINE_bool("init_only", False, "Save and evaluate the randomly initialised backbone, no training.")
 
@@ -22,15 +24,15 @@ def main(argv) -> None:
     del argv
     quiet_library_logs()
     cli_flags.start_processes()
-    config, workdir = cli_flags.config_and_workdir()
-    payload = run_baseline(config, workdir, INIT_ONLY.value)
+    with checked_run(cli_flags.CONFIG.value, cli_flags.WORKDIR.value) as (config, workdir):
+        payload = run_baseline(config, workdir, INIT_ONLY.value)
     if payload:
         print(summary_line(payload, workdir))
 
 
-def cli() -> None:
-    """The console-script entry point."""
-    app.run(main)
+def cli(argv=None) -> None:
+    """The command line (also the `mmdino-supervised` console script)."""
+    run_cli(lambda args: main(parse_absl_flags(args)), argv, prog="python -m mmdino_jax.supervised")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 The loop brings: the tqdm progress bar (`Learner.progress`), health warnings (`Learner.health`),
 `metrics.jsonl` + TensorBoard (`run_log.RunLog`), Orbax checkpoints
 of the state with the Grain iterator position (`checkpoint.RunCheckpoints`), exact resume from the newest
-checkpoint of `workdir`, SIGTERM / Orbax preemption (save at a step boundary and return), the NaN stop,
+intact checkpoint of `workdir`, SIGTERM / Orbax preemption (save at a step boundary and return), the NaN stop,
 multi-device and multi-process batches (`ShardedLearner.global_batch`), and best-checkpoint selection by
 `evaluate_fn`.
 
@@ -58,6 +58,7 @@ class LoopResult:
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
     """The run-config fields the loop reads (`from_config`)."""
+    run_config: Any                  # the run's config: a checkpoint of other model shapes is refused on resume
     total_steps: int
     seed: int = 0
     batch_size: int = 1              # global samples per step, for samples_per_s
@@ -69,9 +70,10 @@ class LoopSettings:
 
     @classmethod
     def from_config(cls, config, desc: str = "train") -> "LoopSettings":
-        return cls(total_steps=config.total_steps, seed=config.seed, batch_size=config.data.batch_size,
-                   log_every=config.log_every, checkpoint_every=config.checkpoint_every,
-                   keep_checkpoints=config.keep_checkpoints, eval_every=config.eval_every, desc=desc)
+        return cls(run_config=config, total_steps=config.total_steps, seed=config.seed,
+                   batch_size=config.data.batch_size, log_every=config.log_every,
+                   checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
+                   eval_every=config.eval_every, desc=desc)
 
 
 def stop_agreed(stop: ckpt_lib.StopSignal, sync_point: bool) -> bool:
@@ -95,9 +97,9 @@ def train_loop(settings: LoopSettings, workdir: str, run: ShardedLearner, batche
     s, learner = settings, run.learner
     checkpoints = ckpt_lib.RunCheckpoints(workdir, s.keep_checkpoints)
     state = run.state
-    start = checkpoints.latest_step() or 0
+    start, restored = checkpoints.restore_latest(ckpt_lib.abstract(state), batches, s.run_config)
     if start:
-        state, _ = checkpoints.restore(start, ckpt_lib.abstract(state), batches)
+        state = restored
         tqdm.write(f"resumed from step {start} ({workdir}/checkpoints)")
     key = run.key(s.seed)
     log = RunLog(workdir, enabled=jax.process_index() == 0)
@@ -120,8 +122,8 @@ def train_loop(settings: LoopSettings, workdir: str, run: ShardedLearner, batche
             values = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not np.isfinite(values["loss"]):
                 raise NonFiniteLoss(
-                    f"non-finite loss at step {done}: {values}; the last good checkpoint "
-                    f"(step {checkpoints.latest_step()}) in {workdir}/checkpoints is intact. "
+                    f"non-finite loss at step {done}: {values}; the newest checkpoint "
+                    f"(step {checkpoints.latest_step()}) in {workdir}/checkpoints is from before it. "
                     "Lower optim.base_lr or use model.dtype=float32, then restart.")
             now = time.perf_counter()
             values["lr"] = float(learner.lr[min(step // learner.grad_accum_steps, len(learner.lr) - 1)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -10,13 +11,14 @@ from typing import Any, Callable
 import jax
 
 from mmdino_jax import checkpoint as ckpt_lib
-from mmdino_jax import sharding
+from mmdino_jax import run_checks, sharding
 from mmdino_jax.eval import backbone as eval_backbone
 from mmdino_jax.eval.extract import FeatureExtractor
 from mmdino_jax.training.data import prepared_cache, train_dataset
 from mmdino_jax.training.learner import Learner
 from mmdino_jax.training.loop import LoopResult, LoopSettings, train_loop
 from mmdino_jax.training.sharded import ShardedLearner, shard_learner
+from mmdino_jax.workdir_lock import WorkdirLock
 
 
 @dataclasses.dataclass
@@ -29,6 +31,21 @@ class Fitted:
     @property
     def finished(self) -> bool:
         return not self.result.preempted
+
+
+@contextlib.contextmanager
+def checked_run(config, workdir: str):
+    """The checks a training CLI makes before any work (config values, the run directory, a resumable newest
+    checkpoint of the same model), then the workdir lock held for the run; yields (config, workdir)."""
+    run_checks.check_train_config(config, jax.device_count())
+    workdir = run_checks.check_workdir(workdir)
+    with WorkdirLock(workdir, "training", enabled=jax.process_index() == 0):
+        checkpoints = ckpt_lib.RunCheckpoints(workdir)
+        try:
+            checkpoints.check_resumable(config)  # before the data and the model are built
+        finally:
+            checkpoints.close()
+        yield config, workdir
 
 
 def validation_fn(config, cache, run: ShardedLearner) -> Callable[[Any], float]:
@@ -67,12 +84,12 @@ def fit(config, workdir: str, build: Callable[[Any, Path], Learner], batches=Non
 
 
 def selected_state(workdir: str, learner: Learner) -> tuple[Any, int]:
-    """(state, step) of the run's best checkpoint by validation MCC, else its latest."""
+    """(state, step) of the run's best intact checkpoint by validation MCC, else its newest intact one."""
     checkpoints = ckpt_lib.RunCheckpoints(workdir)
     try:
-        step = checkpoints.best_step() or checkpoints.latest_step()
+        step = checkpoints.usable_step(prefer_best=True)
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first")
+            raise FileNotFoundError(f"no usable checkpoint in {workdir}/checkpoints: train first")
         state, _ = checkpoints.restore_state(step, jax.eval_shape(learner.init, learner.params))
     finally:
         checkpoints.close()
