@@ -5,7 +5,9 @@ analytic matmul count of the model, then time steps on a fixed random batch (com
 With --torch, the same process also builds the PyTorch reference step (bench/torch_step.py) on the same
 batch and the two are timed interleaved (JAX step, PyTorch step, repeated --steps times after one
 warm-up each), so load from other jobs hits both alike; the table gives medians and the ratio of the
-medians (PyTorch step s / JAX step s = JAX samples/s over PyTorch samples/s). PyTorch uses
+medians (PyTorch step s / JAX step s = JAX samples/s over PyTorch samples/s), with the range of the
+per-round ratios and the ratio of the median CPU times of this process (PyTorch / JAX: the work
+done, insensitive to time lost to other jobs' threads). PyTorch uses
 torch.set_num_threads(number of CPUs this process may use), the size of XLA's CPU intra-op thread
 pool (--torch-threads overrides it). On a GPU, --torch-device cuda --torch-compile --torch-dtype
 bfloat16 gives the torch.compile'd, bf16-autocast reference; MFU is the analytic FLOP rate over --peak-tflops.
@@ -64,10 +66,11 @@ def step_flops(config) -> float:
     return teacher + 3 * student
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
+def _timed(fn) -> tuple[float, float]:
+    """(wall s, CPU s of this process) of one call."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None) -> dict:
@@ -102,15 +105,17 @@ def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None
         jax_times.append(_timed(jax_step))
         if torch_step is not None:
             torch_times.append(_timed(torch_step))
-    step_s = float(np.median(jax_times[1:]))
+    jax_times, torch_times = np.asarray(jax_times[1:]), np.asarray(torch_times[1:])
+    step_s = float(np.median(jax_times[:, 0]))
     analytic = step_flops(config)
     result = {"config": spec, "batch": config.data.batch_size, "compile_s": compile_s, "step_s": step_s,
               "samples_per_s": config.data.batch_size / step_s, "xla_gflop": cost["flops"] / 1e9,
               "analytic_gflop": analytic / 1e9, "achieved_gflops": analytic / step_s / 1e9}
     if torch_step is not None:
-        t = float(np.median(torch_times[1:]))
+        t = float(np.median(torch_times[:, 0]))
         result["torch"] = {"step_s": t, "samples_per_s": config.data.batch_size / t,
-                           "ratio_spread": _spread(np.asarray(torch_times[1:]) / np.asarray(jax_times[1:]))}
+                           "ratio_spread": _spread(torch_times[:, 0] / jax_times[:, 0]),
+                           "cpu_ratio": float(np.median(torch_times[:, 1]) / np.median(jax_times[:, 1]))}
     return result
 
 
@@ -170,8 +175,8 @@ def main() -> None:
                           compile=args.torch_compile)
         print(f"torch {torch.__version__} on {args.torch_device}, {torch_opts['threads']} threads, "
               f"{args.torch_dtype}, compile={args.torch_compile}; {cpus} CPUs available to jax")
-        head += " PyTorch step s | PyTorch samples/s | JAX/PyTorch | per-round ratios |"
-        rule += "---|---|---|---|"
+        head += " PyTorch step s | PyTorch samples/s | JAX/PyTorch | per-round ratios | CPU-time ratio |"
+        rule += "---|---|---|---|---|"
     print(head + "\n" + rule)
     results = []
     for spec, size in zip(args.config, sizes):
@@ -186,7 +191,8 @@ def main() -> None:
         if "torch" in r:
             t = r["torch"]
             ratio = t["step_s"] / r["step_s"]
-            line += f" {t['step_s']:.3f} | {t['samples_per_s']:.1f} | {ratio:.2f} | {t['ratio_spread']} |"
+            line += (f" {t['step_s']:.3f} | {t['samples_per_s']:.1f} | {ratio:.2f} | {t['ratio_spread']} | "
+                     f"{t['cpu_ratio']:.2f} |")
         print(line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
