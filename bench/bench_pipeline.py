@@ -30,12 +30,14 @@ TARGET = 900  # samples/s: default target (an estimate of ViT-S/14 on one H100; 
 
 def naive_sample(subject, rng: np.random.Generator, cfg: CropConfig, min_voxels: int):
     """One training sample straight from NIfTI."""
-    volumes, mask, _ = read_subject(subject)
+    volumes, labels, _, voxel_mm = read_subject(subject)
+    mask = labels > 0
     axis = int(rng.integers(3))
     planes = np.moveaxis(mask, axis, 0)
     counts = planes.sum(axis=(1, 2))
     index = choose_slice(np.zeros(len(counts)), counts, rng, min_voxels)
-    image, seg = crop_slice(np.moveaxis(volumes, axis + 1, 1)[:, index], planes[index])
+    in_plane = tuple(v for a, v in enumerate(voxel_mm) if a != axis)
+    image, seg = crop_slice(np.moveaxis(volumes, axis + 1, 1)[:, index], planes[index], in_plane)
     return multi_crop(image, seg > 0, np.ones(len(SEQUENCES), bool), cfg, rng)
 
 

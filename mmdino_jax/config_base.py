@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.label_keep_fraction = 1.0 # keep this stratified share of the labels (low-label runs)
     c.data.workers = 0
     c.data.min_tumour_voxels = 500
+    c.data.spacing = 1.0             # mm per pixel of the cached 96 px crops (the paper's 1 mm SRI space)
     c.data.global_crops_size = 98
     c.data.global_crops_scale = (0.5, 1.0)
     c.data.local_crops_number = 8
@@ -78,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.ssl.dino_loss_weight = 1.0
     c.ssl.ibot_loss_weight = 1.0
     c.ssl.koleo_loss_weight = 0.1
+    c.ssl.koleo_warmup_steps = 0     # ramp KoLeo's weight from 0 over these updates (0 = the paper's constant)
     c.ssl.semi_loss_weight = 0.5
     c.ssl.semi_label_smoothing = 0.1
     c.ssl.semi_temperature = 0.1
@@ -104,6 +106,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 64
     c.eval.bootstrap = 1000
     c.eval.at_end = True             # evaluate the final (or best) teacher when training ends
+    c.eval.compare_init = False      # also probe the backbone the run started from (paired MCC difference)
+    # Protocols beside the linear probe (mmdino_jax/eval/protocols.py): knn,fewshot,subject,segmentation; "" = none
+    c.eval.protocols = "knn,fewshot,subject,segmentation"
+    c.eval.knn_k = (10, 20)
+    c.eval.knn_temperature = 0.07    # DINO's weighted-vote temperature
+    c.eval.fewshot_shots = (1, 2, 4, 8, 16)
+    c.eval.fewshot_draws = 10
+    c.eval.fewshot_c = 1.0           # fixed C: a few shots leave nothing to hold out for choosing it
+    c.eval.subject_slices = 3        # subject level: the K largest tumour slices of each axis
+    c.eval.segmentation = ml_collections.ConfigDict({
+        "tokens": "concat",          # concat (sequences' tokens per position) | per_sequence (shared map, mean)
+        "loss": "ce",                # ce (inverse-frequency weighted) | dice_ce
+        "steps": 300, "batch_size": 32, "lr": 1e-3, "examples": 4})
     return c
 
 

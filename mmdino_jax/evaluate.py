@@ -29,8 +29,10 @@ from mmdino_jax.eval import metrics as metrics_lib
 from mmdino_jax.eval import report, subsets
 from mmdino_jax.eval.extract import FeatureExtractor, attention_maps
 from mmdino_jax.eval.probe import fit_probe
+from mmdino_jax.eval.protocols import run_protocols, sweep_scorers
 from mmdino_jax.export import export_classifier
 from mmdino_jax.learner import build_learner
+from mmdino_jax.models.build import build_models
 from mmdino_jax.run_log import quiet_library_logs
 
 
@@ -91,14 +93,17 @@ def validation_mcc(config, splits: dict[str, Split], extractor: FeatureExtractor
     return metrics_lib.classification_metrics(val.label, probs)["mcc"]
 
 
-def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str) -> dict:
-    """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features."""
+def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str,
+          extra: dict | None = None) -> dict:
+    """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features.
+
+    `extra` maps more result kinds to scorers (train feats, train labels, test feats, test labels) -> metrics,
+    run on the same masked features (the protocols' kNN)."""
     seq = tuple(config.data.sequences.split(","))
     train, test = splits["train"], splits[split]
-    results = {"split": split, "refit": {}, "full_probe": {}, "dropped": {}}
-    cases = [(subsets.subset_name(s), lambda p, s=s: subsets.subset_masks(p, seq, s)) for s in subsets.all_subsets(seq)]
-    cases.append((subsets.RANDOM, lambda p: subsets.random_drop(p, config.seed)))
-    for name, keep_of in tqdm(cases, desc=f"sequence subsets ({split})", unit="subset"):
+    extra = extra or {}
+    results = {"split": split, "refit": {}, "full_probe": {}, "dropped": {}, **{kind: {} for kind in extra}}
+    for name, keep_of in tqdm(subsets.sweep_cases(seq, config.seed), desc=f"sequence subsets ({split})", unit="subset"):
         keep_tr, keep_te = keep_of(train.present), keep_of(test.present)
         # A sample with none of the subset's sequences has nothing to show the model: left out, counted.
         tr, te = keep_tr.any(1), keep_te.any(1)
@@ -110,7 +115,37 @@ def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_pr
         probe = fit_probe(f_tr, train.label[tr], c_grid(config))
         results["refit"][name] = scored(probe, f_te, test.label[te], 0)
         results["full_probe"][name] = scored(full_probe, f_te, test.label[te], 0)
+        for kind, score in extra.items():
+            results[kind][name] = score(f_tr, train.label[tr], f_te, test.label[te])
     return results
+
+
+def initial_backbone(config):
+    """(graphdef, params, name) of the backbone a run starts from: the config's model at the run's seed."""
+    backbone = build_models(config.model, config.seed)[0]
+    graphdef, params = nnx.split(backbone)
+    return graphdef, params, "initial weights" if config.model.init_from else "random init"
+
+
+def initial_comparison(config, splits: dict[str, Split], trained_probs: dict[str, np.ndarray]) -> dict:
+    """The same probe protocol on the backbone the run started from, on each split of `trained_probs` (the
+    evaluated backbone's probabilities), with the paired-bootstrap CI of the MCC difference (evaluated minus
+    initial) on the same subjects."""
+    graphdef, params, name = initial_backbone(config)
+    initial = FeatureExtractor(graphdef, params, config.data.sequences.split(","), config.eval.batch_size)
+    train = splits["train"]
+    initial_probe = fit_probe(initial(train.images, train.present, f"train ({name})")["cls"], train.label,
+                              c_grid(config))
+    out = {"name": name, "probe": {"c": initial_probe.c}, "splits": {}, "difference": {}}
+    for split, probs in trained_probs.items():
+        data = splits[split]
+        feats = initial(data.images, data.present, f"{split} ({name})")["cls"]
+        out["splits"][split] = scored(initial_probe, feats, data.label, config.eval.bootstrap, config.seed)
+        diff, low, high = metrics_lib.paired_bootstrap_difference(
+            data.label, probs, initial_probe.predict_proba(feats, num_classes=len(CLASS_NAMES)), "mcc",
+            max(config.eval.bootstrap, 1), config.seed)
+        out["difference"][split] = {"mcc": diff, "ci": [low, high]}
+    return out
 
 
 def attention_examples(backbone, splits: dict[str, Split], split: str, sequences):
@@ -129,27 +164,31 @@ def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, exp
     seq = config.data.sequences.split(",")
     extractor = FeatureExtractor(backbone_def, params, seq, config.eval.batch_size)
     train = splits["train"]
-    full_probe = fit_probe(extractor(train.images, train.present, "train")["cls"], train.label, c_grid(config))
+    feats = {name: extractor(data.images, data.present, name)["cls"] for name, data in splits.items()}
+    full_probe = fit_probe(feats["train"], train.label, c_grid(config))
     if export_dir:
         export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq)
     payload = {"config": json.loads(config.to_json_best_effort()), "step": int(step), "sequences": seq,
                "probe": {"c": full_probe.c, "selection": full_probe.selection}, "splits": {},
                "n_train_labeled": len(train.label)}
-    plots = {}
+    plots, trained_probs = {}, {}
     for name in ("val", "test"):
         if name not in splits:
             continue
         data = splits[name]
-        feats = extractor(data.images, data.present, name)["cls"]
-        payload["splits"][name] = scored(full_probe, feats, data.label, config.eval.bootstrap, config.seed)
-        probs = full_probe.predict_proba(feats, num_classes=len(CLASS_NAMES))
+        payload["splits"][name] = scored(full_probe, feats[name], data.label, config.eval.bootstrap, config.seed)
+        probs = trained_probs[name] = full_probe.predict_proba(feats[name], num_classes=len(CLASS_NAMES))
         plots[f"roc_{name}.png"] = report.plot_roc(out / f"roc_{name}.png", data.label, probs)
         plots[f"confusion_{name}.png"] = report.plot_confusion(
             out / f"confusion_{name}.png", payload["splits"][name]["confusion"])
+    if config.eval.compare_init:
+        payload["initial"] = initial_comparison(config, splits, trained_probs)
     sweep_split = "test" if "test" in splits else "val"
-    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split)
+    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split, sweep_scorers(config))
     report.plot_subset_heatmap(out / "subsets_refit.png", payload["sweep"]["refit"])
     report.plot_subset_heatmap(out / "subsets_full_probe.png", payload["sweep"]["full_probe"])
+    payload.update(run_protocols(config, cache, splits, feats, extractor, backbone_def, params, full_probe, out,
+                                 payload["sweep"]))
     jsonl = Path(workdir) / "metrics.jsonl"
     if jsonl.is_file():
         report.plot_training_curves(out / "training_curves.png", jsonl)
@@ -184,12 +223,28 @@ def load_backbone(config, workdir: str, checkpoint: str = ""):
     return graphdef, state["teacher"]["backbone"], step
 
 
+def _mcc_with_ci(scores: dict) -> str:
+    low, high = scores.get("ci", {}).get("mcc", (float("nan"),) * 2)
+    return f"{scores['mcc']:.3f} (95% CI {low:.3f} to {high:.3f})"
+
+
 def summary_line(payload: dict, workdir: str) -> str:
+    """The headline: test (else val) MCC and AUC; with an initial-weights comparison, one line per split
+    with both rows and the paired CI of their difference."""
+    report_path = Path(workdir) / "eval" / "report.md"
+    initial = payload.get("initial")
+    if initial:
+        lines = [f"{split:>4} MCC trained {_mcc_with_ci(scores)} | {initial['name']} "
+                 f"{_mcc_with_ci(initial['splits'][split])} | difference {initial['difference'][split]['mcc']:+.3f} "
+                 f"(paired 95% CI {initial['difference'][split]['ci'][0]:+.3f} to "
+                 f"{initial['difference'][split]['ci'][1]:+.3f})"
+                 for split, scores in payload["splits"].items()]
+        return "\n".join([*lines, f"report: {report_path}"])
     test = payload["splits"].get("test") or payload["splits"].get("val")
     split = "test" if "test" in payload["splits"] else "val"
     low, high = test.get("ci", {}).get("mcc", (float("nan"),) * 2)
     return (f"{split} MCC {test['mcc']:.3f} (95% CI {low:.3f}-{high:.3f}), macro AUC "
-            f"{test['auc_macro']:.3f}; report: {Path(workdir) / 'eval' / 'report.md'}")
+            f"{test['auc_macro']:.3f}; report: {report_path}")
 
 
 def main(argv) -> None:

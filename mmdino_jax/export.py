@@ -30,7 +30,7 @@ from mmdino_jax.eval.probe import Probe
 from mmdino_jax.models.vit import DinoViT
 
 FORMAT = "mmdino_jax.classifier"
-VERSION = 1
+VERSION = 2  # 2: preprocessing.spacing_mm (physical field of view)
 SLICE_RULE = "largest axial tumour slice"
 HOW_TO_EXPORT = "export one with `python -m mmdino_jax.evaluate --config CFG --workdir RUN --export DIR`"
 
@@ -65,10 +65,10 @@ class Classifier:
         return int(self.meta["batch_size"])
 
 
-def preprocessing(eval_size: int) -> dict[str, Any]:
+def preprocessing(eval_size: int, spacing: float) -> dict[str, Any]:
     """The evaluation view's settings (``pipeline.eval_arrays``) that prediction must repeat."""
     return {"slice": SLICE_RULE, "axis": AXIAL, "orientation": "RAS (nibabel as_closest_canonical)",
-            "crop": CROP, "crop_centre": "tumour centre of mass on the slice",
+            "crop": CROP, "spacing_mm": float(spacing), "crop_centre": "tumour centre of mass on the slice",
             "scaling": "1st/99th percentile of the crop -> [0, 1], stored as float16", "size": int(eval_size),
             "resize": "bicubic antialiased", "mean": MEAN, "std": STD}
 
@@ -88,7 +88,7 @@ def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step:
     model_io.save_model(out / "backbone", backbone, meta={"sequences": sequences, "provenance": provenance})
     probe.save_npz(out / "probe.npz")
     doc = {"format": FORMAT, "version": VERSION, "class_names": list(CLASS_NAMES), "sequences": sequences,
-           "preprocessing": preprocessing(config.data.eval_size), "batch_size": int(config.eval.batch_size),
+           "preprocessing": preprocessing(config.data.eval_size, config.data.spacing), "batch_size": int(config.eval.batch_size),
            "step": int(step),
            "probe": {"c": float(probe.c), "features": "teacher CLS"},
            "config": json.loads(config.to_json_best_effort())}
@@ -113,6 +113,7 @@ def read_classifier_json(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{file} is version {doc.get('version')!r}, this mmdino_jax reads version {VERSION}; "
                             "re-export it with this version (or use the mmdino_jax that wrote it)")
     missing = [k for k in ("class_names", "sequences", "preprocessing", "batch_size") if k not in doc]
+    missing += [f"preprocessing.{k}" for k in ("spacing_mm",) if k not in doc.get("preprocessing", {})]
     if missing:
         raise ArtifactError(f"{file} lacks {missing}; re-export the classifier")
     if doc["preprocessing"].get("crop") != CROP or doc["preprocessing"].get("axis") != AXIAL:

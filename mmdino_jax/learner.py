@@ -57,6 +57,7 @@ def build_learner(config, class_weight_labels: np.ndarray | None = None, abstrac
             s.teacher_temp, s.warmup_teacher_temp, s.warmup_teacher_temp_steps), jnp.float32),
         "teacher_momentum": jnp.asarray(optim.cosine_schedule(
             s.momentum_teacher, s.final_momentum_teacher, optimizer_updates(config)), jnp.float32),
+        "koleo_scale": jnp.asarray(optim.linear_warmup(s.koleo_warmup_steps), jnp.float32),
     }
     n_classes = config.model.head_n_prototypes
     weights = None if class_weight_labels is None else jnp.asarray(class_weights(class_weight_labels, n_classes))

@@ -39,6 +39,11 @@ def teacher_temp_schedule(teacher_temp=0.07, warmup_teacher_temp=0.04, warmup_st
     return cosine_schedule(teacher_temp, teacher_temp, warmup_steps, warmup_steps, warmup_teacher_temp)
 
 
+def linear_warmup(steps: int) -> np.ndarray:
+    """A factor ramping linearly from 0 (step 0) to 1 over ``steps`` steps, then 1; ``[1.0]`` for 0 steps."""
+    return cosine_schedule(1.0, 1.0, steps, steps, 0.0)
+
+
 def schedule_at(schedule, step):
     """schedule[step] for a `cosine_schedule` array, its last entry (the final value) past the end."""
     schedule = jnp.asarray(schedule, jnp.float32)

@@ -25,6 +25,7 @@ from mmdino_jax.data.setup import ensure_cache
 from mmdino_jax.eval.extract import FeatureExtractor
 from mmdino_jax.learner import build_learner
 from mmdino_jax.run_log import RunLog, quiet_library_logs
+from mmdino_jax.ssl import signals
 from mmdino_jax.ssl import step as step_lib
 
 def define_flags() -> None:
@@ -119,6 +120,7 @@ def train(config, workdir: str, run: dict, evaluate_fn=None) -> dict:
     # Made in-graph: device_put cannot target devices of other processes.
     key = jax.jit(lambda: jax.random.key(config.seed), out_shardings=run["repl"])()
     log = RunLog(workdir, enabled=jax.process_index() == 0)
+    health = signals.HealthCheck(config.model.head_n_prototypes, grace=config.ssl.warmup_teacher_temp_steps)
     stop = ckpt_lib.StopSignal()
     last = {}
     tick, tick_step = time.perf_counter(), start
@@ -148,7 +150,9 @@ def train(config, workdir: str, run: dict, evaluate_fn=None) -> dict:
             last = {"step": done, **values}
             if logging_now:
                 log.write(last)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", sps=f"{values['samples_per_s']:.1f}")
+                bar.set_postfix(signals.progress_fields(values))
+                for warning in health.update(last):
+                    tqdm.write(f"warning: {warning}")
             scores = None
             if evaluating:
                 scores = {ckpt_lib.BEST_METRIC: float(evaluate_fn(state))}

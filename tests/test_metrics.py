@@ -14,7 +14,7 @@ from sklearn.metrics import (
 )
 
 from mmdino_jax.constants import CLASS_NAMES
-from mmdino_jax.eval.metrics import bootstrap_ci, classification_metrics
+from mmdino_jax.eval.metrics import bootstrap_ci, classification_metrics, paired_bootstrap_difference
 
 
 def _random_case(n=300, k=3, signal=1.5, seed=0):
@@ -107,3 +107,20 @@ def test_bootstrap_rejects_unknown_metric():
     labels, probs = _random_case(n=30)
     with pytest.raises(ValueError, match="unknown metric"):
         bootstrap_ci(labels, probs, "accuracy")
+
+
+def test_paired_bootstrap_difference_matches_a_numpy_reference():
+    labels, probs_a = _random_case(n=120, signal=2.0, seed=5)
+    _, probs_b = _random_case(n=120, signal=0.3, seed=6)
+    diff, low, high = paired_bootstrap_difference(labels, probs_a, probs_b, "mcc", n_boot=100, seed=2)
+    rng = np.random.default_rng(2)  # same stratified resampling, scored with scikit-learn
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    stats = []
+    for _ in range(100):
+        idx = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
+        stats.append(matthews_corrcoef(labels[idx], probs_a[idx].argmax(1))
+                     - matthews_corrcoef(labels[idx], probs_b[idx].argmax(1)))
+    assert diff == pytest.approx(matthews_corrcoef(labels, probs_a.argmax(1)) - matthews_corrcoef(labels, probs_b.argmax(1)))
+    np.testing.assert_allclose([low, high], np.quantile(stats, [0.025, 0.975]), atol=1e-9)
+    assert 0 < low < diff < high
+    assert paired_bootstrap_difference(labels, probs_a, probs_a, n_boot=20) == (0.0, 0.0, 0.0)

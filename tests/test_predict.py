@@ -18,9 +18,10 @@ from mmdino_jax import evaluate
 from mmdino_jax.config_base import load_config
 from mmdino_jax.constants import CLASS_NAMES, SEQUENCES
 from mmdino_jax.data.setup import ensure_cache
+from mmdino_jax.eval import multislice
 from mmdino_jax.eval.extract import FeatureExtractor
 from mmdino_jax.eval.probe import Probe, fit_probe
-from mmdino_jax.export import ArtifactError, export_classifier, load_classifier
+from mmdino_jax.export import VERSION, ArtifactError, export_classifier, load_classifier
 from mmdino_jax.models.build import build_models
 from mmdino_jax.predict import main
 
@@ -87,6 +88,23 @@ def test_round_trip_matches_evaluation(run, tmp_path):
     meta = json.loads((run.model / "classifier.json").read_text())
     size = load_config(SMOKE).data.eval_size
     assert meta["step"] == 7 and meta["preprocessing"]["size"] == size == meta["config"]["data"]["eval_size"]
+    assert meta["preprocessing"]["spacing_mm"] == meta["config"]["data"]["spacing"] == 1.0
+
+
+def test_slices_match_the_evaluation_subject_level(run, tmp_path):
+    """--slices K --aggregate features as evaluation's subject level computes it (mean probs: the default path)."""
+    aggregate, out = "features", tmp_path / "results.json"
+    main(["--model", str(run.model), "--input", str(run.cohort / "test"), "--output", str(out), "--slices", "2",
+          "--aggregate", aggregate])
+    rows = {r["subject"]: r for r in json.loads(out.read_text())["subjects"]}
+    size = load_config(SMOKE).data.eval_size
+    images, present, owner, _ = multislice.split_views(run.work / "cache", "test", run.seq, size, 2, labeled_only=False)
+    want = multislice.subject_probs(run.probe, run.extractor(images, present)["cls"], owner, owner.max() + 1,
+                                    aggregate, len(CLASS_NAMES))
+    ids = json.loads((run.work / "cache" / "test" / "index.json").read_text())["ids"]
+    for i, subject in enumerate(ids):
+        assert rows[subject]["slices"] == np.sum(owner == i) > 1
+        np.testing.assert_allclose(probs(rows[subject]), want[i], atol=1e-5)
 
 
 def test_bad_subjects_get_reasons_and_the_rest_is_predicted(run, tmp_path):
@@ -172,11 +190,15 @@ def test_artifact_that_does_not_fit_is_refused(run, tmp_path, capsys):
     shutil.copytree(run.model, bad)
     meta = json.loads((bad / "classifier.json").read_text())
     (bad / "classifier.json").write_text(json.dumps({**meta, "version": 99}))
-    with pytest.raises(ArtifactError, match="version 99, this mmdino_jax reads version 1"):
+    with pytest.raises(ArtifactError, match=f"version 99, this mmdino_jax reads version {VERSION}"):
         load_classifier(bad)
     with pytest.raises(SystemExit):
         main(["--model", str(bad), "--input", str(run.cohort)])
     assert "version 99" in capsys.readouterr().err
+    unspaced = {k: v for k, v in meta["preprocessing"].items() if k != "spacing_mm"}
+    (bad / "classifier.json").write_text(json.dumps({**meta, "preprocessing": unspaced}))
+    with pytest.raises(ArtifactError, match=r"lacks \['preprocessing.spacing_mm'\]"):
+        load_classifier(bad)
 
     (bad / "classifier.json").write_text(json.dumps(meta))
     dim = run.probe.mean.shape[0]

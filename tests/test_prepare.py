@@ -7,7 +7,8 @@ import pytest
 from test_cohort import phantom, write_nifti, write_subject
 
 from mmdino_jax.constants import SEQUENCES
-from mmdino_jax.data.prepare import CROP, crop_axis, main, prepare, window
+from mmdino_jax.data.pipeline import CachedSplit
+from mmdino_jax.data.prepare import CROP, crop_axis, main, prepare, seg_labels
 
 
 def cached(cache, split="train"):
@@ -80,15 +81,9 @@ def test_cache_holds_every_tumour_slice_with_voxel_counts(cohort):
             np.testing.assert_array_equal(on_axis[:, 2], np.flatnonzero(counts))
             np.testing.assert_array_equal(on_axis[:, 3], counts[counts > 0])
         # volumes smaller than 96 are kept whole (zero-padded), so each crop holds the whole slice's tumour
-        np.testing.assert_array_equal(seg[slices[:, 0] == subject].sum(axis=(1, 2)), rows[:, 3])
+        np.testing.assert_array_equal((seg[slices[:, 0] == subject] > 0).sum(axis=(1, 2)), rows[:, 3])
+    assert set(np.unique(seg)) == {0, 2, 4}  # the label values, not only the tumour mask
     assert not images[slices[:, 0] == 3][:, 0].any()  # sub004 has no t1
-
-
-def test_window_is_shifted_inside_and_padded():
-    assert window(10, 200) == (0, 96, 0)
-    assert window(100, 200) == (52, 148, 0)
-    assert window(195, 200) == (104, 200, 0)
-    assert window(5, 20) == (0, 20, 38)
 
 
 def test_crop_is_centred_on_the_slice_tumour_and_scaled():
@@ -130,3 +125,19 @@ def test_cli_prints_summary(tmp_path, capsys):
     for axis in range(3):  # slices under 10 voxels are dropped, but the largest of each axis stays
         counts = slices[slices[:, 1] == axis, 3]
         assert (counts >= 10).all() or len(counts) == 1
+
+
+def test_seg_labels_keep_brats_values_and_map_brats2023_enhancing():
+    seg = np.array([0.0, 1.0, 2.0, 3.0, 4.0, np.nan, 0.9999])
+    np.testing.assert_array_equal(seg_labels(seg), [0, 1, 2, 4, 4, 0, 1])
+
+
+def test_a_cache_of_another_version_is_refused_with_the_fix(cohort, tmp_path):
+    _, cache, _, _ = cohort
+    old = tmp_path / "old"
+    (old / "train").mkdir(parents=True)
+    index = json.loads((cache / "train" / "index.json").read_text())
+    del index["version"]  # caches before version 2 carry no version
+    (old / "train" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"made by cache version 1, .* delete it or re-run"):
+        CachedSplit(old, "train")

@@ -119,3 +119,20 @@ def test_plot_input_errors(tmp_path):
         plot_confusion(tmp_path / "c.png", [[1, 2, 3]])
     with pytest.raises(ValueError, match="sequence names"):
         plot_attention_maps(tmp_path / "a.png", np.zeros((3, 4, 8, 8)), np.zeros((3, 4, 2, 2)), CLASS_NAMES, ["t1"])
+
+
+def test_report_md_puts_trained_and_random_init_side_by_side(tmp_path):
+    from mmdino_jax.evaluate import summary_line
+
+    payload = json.loads(json.dumps(_payload(0), default=lambda o: o.item()))
+    payload["initial"] = {"name": "random init", "splits": {"val": _split(7), "test": _split(8)},
+                          "difference": {"val": {"mcc": 0.21, "ci": [0.05, 0.37]},
+                                         "test": {"mcc": -0.02, "ci": [-0.2, 0.15]}}}
+    text = write_report_md(tmp_path / "report.md", payload, {}).read_text()
+    assert "## Trained vs random init" in text
+    section = text.split("## Trained vs random init")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| val |"))
+    assert "+0.210 [+0.050, +0.370]" in row and f"{payload['initial']['splits']['val']['mcc']:.3f}" in row
+    lines = summary_line(payload, str(tmp_path)).splitlines()
+    assert lines[0].startswith(" val MCC trained") and "random init" in lines[0] and "+0.050 to +0.370" in lines[0]
+    assert lines[1].startswith("test MCC trained") and lines[2].startswith("report:")

@@ -86,7 +86,8 @@ def test_train_cli_stops_on_sigterm_resumes_and_evaluates(tmp_path, cache):
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["step"] == best
     for r in records:
         for key in ("loss", "dino_local", "dino_global", "ibot", "koleo", "semi", "lr", "teacher_temp",
-                    "teacher_momentum", "samples_per_s"):
+                    "teacher_momentum", "samples_per_s", "semi_acc", "teacher_entropy", "teacher_usage",
+                    "koleo_weight"):
             assert np.isfinite(r[key]), (key, r)
     assert {3, 6} <= {int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()}
     assert list((tmp_path / "tensorboard").iterdir())

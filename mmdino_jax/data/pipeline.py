@@ -17,6 +17,7 @@ from absl import flags
 
 from mmdino_jax.constants import sequence_indices
 from mmdino_jax.data.augment import CropConfig, choose_slice, eval_view, multi_crop
+from mmdino_jax.data.prepare import CACHE_VERSION
 
 AXIAL = 2  # after nib.as_closest_canonical (RAS), axis 2 runs inferior -> superior
 
@@ -31,6 +32,10 @@ class CachedSplit:
             raise FileNotFoundError(f"no prepared split {split!r} in {cache_dir} (found {found}); "
                                     "run python -m mmdino_jax.data.prepare first")
         index = json.loads((self.dir / "index.json").read_text())
+        version = index.get("version", 1)
+        if version != CACHE_VERSION:
+            raise ValueError(f"cache {cache_dir} was made by cache version {version}, this code reads version "
+                             f"{CACHE_VERSION}; delete it or re-run python -m mmdino_jax.data.prepare on it")
         self.ids: list[str] = index["ids"]
         self.labels = np.asarray(index["labels"], np.int32)
         self.present = np.asarray(index["present"], bool).reshape(len(self.ids), -1)
@@ -50,10 +55,15 @@ class CachedSplit:
 
     def slice(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         """(images (4, 96, 96) float32, tumour mask (96, 96) bool) of one cached slice."""
+        images, labels = self.labeled_slice(row)
+        return images, labels > 0
+
+    def labeled_slice(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """(images (4, 96, 96) float32, labels (96, 96) uint8 0/1/2/4) of one cached slice."""
         if self._arrays is None:
             self._arrays = tuple(np.load(self.dir / f"{name}.npy", mmap_mode="r") for name in ("images", "seg"))
         images, seg = self._arrays
-        return images[row].astype(np.float32), seg[row] > 0
+        return images[row].astype(np.float32), np.asarray(seg[row])
 
     def largest_axial(self, subject: int) -> int:
         """Row of the subject's axial slice with the most tumour voxels."""

@@ -1,20 +1,25 @@
 """Read a NIfTI cohort once and cache what training needs: 96x96 tumour crops of every tumour-bearing slice.
 
     python -m mmdino_jax.data.prepare --root ROOT --layout mmdino --output CACHE [--labels CSV --label-column COL]
+        [--spacing MM]
 
 Cache layout (all arrays memory-mappable, one sample = one row slice):
 
 - ``CACHE/<split>/images.npy``  (N, 4, 96, 96) float16, sequences in ``constants.SEQUENCES`` order, each scaled
   by its 1st/99th percentile over the crop to [0, 1]; missing sequences are zeros.
-- ``CACHE/<split>/seg.npy``     (N, 96, 96) uint8 tumour mask (seg > 0.5).
+- ``CACHE/<split>/seg.npy``     (N, 96, 96) uint8 BraTS labels 0 / 1 (necrotic core) / 2 (oedema) / 4 (enhancing);
+  BraTS 2023's enhancing label 3 is stored as 4, and a binary mask stays 0 / 1 (tumour = seg > 0).
 - ``CACHE/<split>/slices.npy``  (N, 4) int32 rows ``[subject, axis, slice index, tumour voxels]``, grouped by subject.
-- ``CACHE/<split>/index.json``  ``ids``, ``labels``, ``present`` (per subject) and the consolidation key.
+- ``CACHE/<split>/index.json``  ``ids``, ``labels``, ``present`` (per subject), the consolidation key and the
+  cache ``version`` (``CACHE_VERSION``; readers refuse another).
 - ``CACHE/parts/<split>/<id>.npz`` per-subject results (resume: a part whose input files are unchanged is reused).
-- ``CACHE/report.json``         kept / labeled / per-class counts, missing sequences, skipped subjects, NaN voxels.
+- ``CACHE/report.json``         the crop spacing, kept / labeled / per-class counts, missing sequences, skipped
+  subjects, NaN voxels.
 
 A slice is kept on an axis when it has >= ``--min-tumour-voxels`` tumour voxels; the largest slice of each axis is
-always kept. The crop is centred on the slice's tumour centre of mass, shifted back inside the image at borders,
-and zero-padded (after scaling) where the image is smaller than 96.
+always kept. Each kept slice is resampled in-plane to ``--spacing`` mm (default 1 mm, ``data/resample.py``), so
+a crop spans 96 mm for any voxel size. The crop is centred on the slice's tumour centre of mass, shifted back
+inside the image at borders, and zero-padded (after scaling) where the image is narrower than 96 mm.
 """
 
 from __future__ import annotations
@@ -31,13 +36,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from mmdino_jax.constants import SEQUENCES
+from mmdino_jax.data import resample
 from mmdino_jax.data.cohort import LAYOUTS, Subject, class_counts, discover
 
 CROP = 96
-PART_VERSION = 1
+DEFAULT_SPACING = 1.0  # mm per crop pixel: MM-DINOv2's inputs are 1 mm SRI24 images, so a crop spans 96 mm
+CACHE_VERSION = 2  # 2: seg.npy holds the label values (1: a binary tumour mask)
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
 
 
@@ -87,23 +95,28 @@ def read_images(subject: Subject, grid: tuple[tuple, np.ndarray, str] | None = N
     return volumes, grid[1], nonfinite
 
 
-def read_subject(subject: Subject) -> tuple[np.ndarray, np.ndarray, int]:
-    """(volumes (4, X, Y, Z) with zeros for missing sequences, tumour mask (X, Y, Z), non-finite voxels zeroed)."""
+def seg_labels(seg: np.ndarray) -> np.ndarray:
+    """Label volume as uint8 0/1/2/4 (rounded; BraTS 2023's enhancing tumour 3 becomes 4)."""
+    labels = np.rint(np.clip(np.nan_to_num(seg, nan=0.0, posinf=0.0, neginf=0.0), 0, 255)).astype(np.uint8)
+    labels[labels == 3] = 4
+    return labels
+
+
+def read_subject(subject: Subject) -> tuple[np.ndarray, np.ndarray, int, tuple[float, float, float]]:
+    """(volumes (4, X, Y, Z) with zeros for missing sequences, labels (X, Y, Z) uint8 (see ``seg_labels``),
+    non-finite voxels zeroed, voxel size in mm per axis); tumour = labels > 0."""
     seg, seg_affine = load_volume(subject.seg)
     volumes, _, nonfinite = read_images(subject, (seg.shape, seg_affine, "seg"))
     nonfinite += int(np.count_nonzero(~np.isfinite(seg)))
-    mask = np.nan_to_num(seg, nan=0.0, posinf=0.0, neginf=0.0) > 0.5
-    if not mask.any():
+    labels = seg_labels(seg)
+    if not labels.any():
         raise SubjectError(f"segmentation {subject.seg.name} has no tumour voxel")
-    return volumes, mask, nonfinite
+    return volumes, labels, nonfinite, voxel_sizes(seg_affine)
 
 
-def window(centre: int, length: int) -> tuple[int, int, int]:
-    """(start, stop, pad before) of the CROP window around ``centre`` on an axis of ``length`` voxels."""
-    if length <= CROP:
-        return 0, length, (CROP - length) // 2
-    start = min(max(centre - CROP // 2, 0), length - CROP)
-    return start, start + CROP, 0
+def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along each array axis of an image with this affine."""
+    return tuple(float(v) for v in nib.affines.voxel_sizes(affine))
 
 
 def scale_percentiles(crops: np.ndarray) -> np.ndarray:
@@ -112,51 +125,64 @@ def scale_percentiles(crops: np.ndarray) -> np.ndarray:
     return np.clip((crops - low) / np.maximum(high - low, 1e-8), 0.0, 1.0)
 
 
-def crop_slice(images: np.ndarray, plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Tumour crop of one slice: images (4, H, W) and its tumour mask (H, W) -> ((4, 96, 96) scaled, (96, 96) u8)."""
-    centre = np.rint(ndimage.center_of_mass(plane)).astype(int)
-    (y0, y1, py), (x0, x1, px) = (window(c, n) for c, n in zip(centre, plane.shape))
-    out_images = np.zeros((len(images), CROP, CROP), np.float32)
-    out_seg = np.zeros((CROP, CROP), np.uint8)
-    out_images[:, py:py + y1 - y0, px:px + x1 - x0] = scale_percentiles(images[:, y0:y1, x0:x1])
-    out_seg[py:py + y1 - y0, px:px + x1 - x0] = plane[y0:y1, x0:x1]
+def crop_slice(images: np.ndarray, plane: np.ndarray, voxel_mm: tuple[float, float] = (1.0, 1.0),
+               spacing: float = DEFAULT_SPACING) -> tuple[np.ndarray, np.ndarray]:
+    """Tumour crop of one slice: images (4, H, W) and its labels (H, W) with in-plane voxel size ``voxel_mm``
+    -> ((4, 96, 96) scaled, (96, 96) u8) at ``spacing`` mm, i.e. 96 * spacing mm wide.
+
+    Percentiles are taken over the pixels that lie inside the scan; the padding stays zero."""
+    centre = np.rint(ndimage.center_of_mass(plane > 0)).astype(int)
+    rows, cols = (resample.axis_grid(c, n, v, spacing, CROP) for c, n, v in zip(centre, plane.shape, voxel_mm))
+    sampled, out_seg = resample.resample_plane(images, plane.astype(np.uint8), rows, cols, voxel_mm, spacing)
+    inside = (slice(None), slice(rows.start, rows.stop), slice(cols.start, cols.stop))
+    out_images = np.zeros_like(sampled)
+    out_images[inside] = scale_percentiles(sampled[inside])
     return out_images, out_seg
 
 
-def crop_axis(volumes: np.ndarray, mask: np.ndarray, axis: int, min_voxels: int):
-    """Tumour crops of one axis: (images (n, 4, 96, 96) f16, seg (n, 96, 96) u8, rows (n, 3) [axis, index, count])."""
-    planes = np.moveaxis(mask, axis, 0)
-    counts = planes.reshape(planes.shape[0], -1).sum(axis=1)
+def crop_axis(volumes: np.ndarray, seg: np.ndarray, axis: int, min_voxels: int,
+              voxel_mm: tuple[float, float, float] = (1.0, 1.0, 1.0), spacing: float = DEFAULT_SPACING):
+    """Tumour crops of one axis of a label (or bool tumour) volume: (images (n, 4, 96, 96) f16, seg (n, 96, 96)
+    u8 labels, rows (n, 3) [axis, index, tumour voxels]).
+
+    Slices are the scan's own (through-plane positions are not resampled); each is resampled in-plane to
+    ``spacing`` mm. The tumour voxels are counted in the scan."""
+    planes = np.moveaxis(seg, axis, 0)
+    counts = np.count_nonzero(planes.reshape(planes.shape[0], -1), axis=1)
     keep = np.union1d(np.flatnonzero(counts >= min_voxels), [int(np.argmax(counts))])
     images = np.moveaxis(volumes, axis + 1, 1)
-    crops, segs = zip(*(crop_slice(images[:, index], planes[index]) for index in keep))
+    in_plane = tuple(v for a, v in enumerate(voxel_mm) if a != axis)
+    crops, segs = zip(*(crop_slice(images[:, index], planes[index], in_plane, spacing) for index in keep))
     rows = np.stack([np.full(len(keep), axis), keep, counts[keep]], axis=1).astype(np.int32)
     return np.stack(crops).astype(np.float16), np.stack(segs), rows
 
 
-def fingerprint(subject: Subject, min_voxels: int) -> str:
+def fingerprint(subject: Subject, min_voxels: int, spacing: float) -> str:
     """Identity of a subject's inputs: file paths, sizes and mtimes plus the settings."""
     files = [p for p in (*subject.images.values(), subject.seg) if p is not None]
     stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return json.dumps([PART_VERSION, min_voxels, stats])
+    return json.dumps([CACHE_VERSION, min_voxels, float(spacing), stats])
 
 
 def part_path(cache: Path, subject: Subject) -> Path:
     return cache / "parts" / subject.split / f"{subject.id}.npz"
 
 
-def prepare_subject(subject: Subject, cache: Path, min_voxels: int) -> dict:
+def prepare_subject(subject: Subject, cache: Path, min_voxels: int, spacing: float) -> dict:
     """Write the subject's part file (unless an up-to-date one exists); returns its status for the report."""
-    path, key = part_path(cache, subject), fingerprint(subject, min_voxels)
+    path, key = part_path(cache, subject), fingerprint(subject, min_voxels, spacing)
     if path.is_file():
         with np.load(path) as part:
             if str(part["fingerprint"]) == key:
                 return {"subject": subject.id, "nan": int(part["nan"])}
     try:
-        volumes, mask, nonfinite = read_subject(subject)
+        volumes, labels, nonfinite, voxel_mm = read_subject(subject)
     except SubjectError as err:
         return {"subject": subject.id, "reason": str(err)}
-    images, seg, rows = zip(*(crop_axis(volumes, mask, axis, min_voxels) for axis in range(3)))
+    # The resampling matmuls are tiny: a multi-threaded BLAS is many times slower on them on busy cores.
+    with threadpool_limits(1, "blas"):
+        images, seg, rows = zip(*(crop_axis(volumes, labels, axis, min_voxels, voxel_mm, spacing)
+                                  for axis in range(3)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
@@ -171,7 +197,8 @@ def consolidate(cache: Path, split: str, subjects: list[Subject]) -> None:
     out = cache / split
     parts = [part_path(cache, s) for s in subjects]
     key = hashlib.sha1(json.dumps(
-        [[s.id, s.label, s.present, p.stat().st_mtime_ns] for s, p in zip(subjects, parts)]).encode()).hexdigest()
+        [CACHE_VERSION, *([s.id, s.label, s.present, p.stat().st_mtime_ns] for s, p in zip(subjects, parts))]
+    ).encode()).hexdigest()
     index_path = out / "index.json"
     if index_path.is_file() and json.loads(index_path.read_text())["key"] == key:
         return
@@ -195,16 +222,17 @@ def consolidate(cache: Path, split: str, subjects: list[Subject]) -> None:
     seg.flush()
     del images, seg
     np.save(out / "slices.npy", slices)
-    index = {"key": key, "ids": [s.id for s in subjects], "labels": [s.label for s in subjects],
+    index = {"version": CACHE_VERSION, "key": key, "ids": [s.id for s in subjects], "labels": [s.label for s in subjects],
              "present": [list(s.present) for s in subjects]}
     tmp = index_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(index))
     os.replace(tmp, index_path)
 
 
-def build_report(kept: list[Subject], skipped: list[dict], nan: dict[str, int]) -> dict:
+def build_report(kept: list[Subject], skipped: list[dict], nan: dict[str, int], spacing: float) -> dict:
     labels = np.array([s.label for s in kept], int)
     return {
+        "spacing_mm": float(spacing),
         "subjects": len(kept),
         "labeled": int(np.sum(labels >= 0)),
         "per_class": class_counts(labels),
@@ -218,8 +246,8 @@ def build_report(kept: list[Subject], skipped: list[dict], nan: dict[str, int]) 
 def summary(report: dict, cache: Path) -> str:
     """One-screen text summary of a report."""
     lines = [
-        f"cache {cache}: {report['subjects']} subjects kept {report['splits']}, {report['labeled']} labeled "
-        f"{report['per_class']}",
+        f"cache {cache} ({CROP} px crops at {report['spacing_mm']:g} mm): {report['subjects']} subjects kept "
+        f"{report['splits']}, {report['labeled']} labeled {report['per_class']}",
         f"missing sequences: {report['missing_sequences']}",
         f"non-finite voxels set to 0 in {len(report['nan_voxels_zeroed'])} subject(s)",
         f"skipped {len(report['skipped'])} subject(s)" + (":" if report["skipped"] else ""),
@@ -231,13 +259,15 @@ def summary(report: dict, cache: Path) -> str:
 
 
 def prepare(root, layout: str, output, labels_csv=None, label_column=None, id_column=None,
-            workers: int = 1, min_tumour_voxels: int = 1) -> dict:
+            workers: int = 1, min_tumour_voxels: int = 1, spacing: float = DEFAULT_SPACING) -> dict:
     """Discover, read and cache a cohort; returns the report (also written to ``output/report.json``)."""
     if min_tumour_voxels < 1:
         raise ValueError(f"--min-tumour-voxels must be >= 1, got {min_tumour_voxels}")
+    if not spacing > 0:
+        raise ValueError(f"--spacing must be a positive number of mm, got {spacing}")
     cache = Path(output)
     subjects, skipped = discover(root, layout, labels_csv, label_column, id_column)
-    work = partial(prepare_subject, cache=cache, min_voxels=min_tumour_voxels)
+    work = partial(prepare_subject, cache=cache, min_voxels=min_tumour_voxels, spacing=spacing)
     progress = partial(tqdm, total=len(subjects), desc="prepare", unit="subject")
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -248,7 +278,7 @@ def prepare(root, layout: str, output, labels_csv=None, label_column=None, id_co
     skipped += [r for r in results if "reason" in r]
     for split in sorted({s.split for s in kept}):
         consolidate(cache, split, [s for s in kept if s.split == split])
-    report = build_report(kept, skipped, {r["subject"]: r["nan"] for r in results if "nan" in r})
+    report = build_report(kept, skipped, {r["subject"]: r["nan"] for r in results if "nan" in r}, spacing)
     (cache / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -264,10 +294,13 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--min-tumour-voxels", type=int, default=1,
                         help="keep slices with at least this many tumour voxels (the largest is always kept)")
+    parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING,
+                        help=f"in-plane pixel size of the crops in mm (default {DEFAULT_SPACING:g}, the paper's SRI "
+                             f"space): a {CROP} px crop spans {CROP} x spacing mm for any scan")
     args = parser.parse_args(argv)
     try:
         report = prepare(args.root, args.layout, args.output, args.labels, args.label_column, args.id_column,
-                         args.workers, args.min_tumour_voxels)
+                         args.workers, args.min_tumour_voxels, args.spacing)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     print(summary(report, Path(args.output)))

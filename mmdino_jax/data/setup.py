@@ -30,10 +30,19 @@ def generate_phantom_cohort(root: Path, phantom_cfg, seed: int) -> Path:
     return root
 
 
+def cache_spacing(cache: Path) -> float | None:
+    """The crop spacing (mm) a prepared cache was made with; None when it has no report yet."""
+    report = cache / "report.json"
+    if not report.is_file():
+        return None
+    return json.loads(report.read_text()).get("spacing_mm")
+
+
 def ensure_cache(data_cfg, workdir: str, seed: int) -> Path:
-    """Path of the prepared cache, preparing it (and the synthetic cohort) on first use."""
+    """Path of the prepared cache, preparing it (and the synthetic cohort) on first use, and again (reusing
+    nothing that depends on it) when it was prepared at another `data.spacing`."""
     cache = Path(data_cfg.cache or Path(workdir) / "cache")
-    if (cache / "report.json").is_file():
+    if cache_spacing(cache) == data_cfg.spacing:
         return cache
     if data_cfg.root:
         root, layout = Path(data_cfg.root).expanduser(), data_cfg.layout
@@ -41,5 +50,5 @@ def ensure_cache(data_cfg, workdir: str, seed: int) -> Path:
         root, layout = generate_phantom_cohort(Path(workdir) / "cohort", data_cfg.phantom, seed), "mmdino"
     prepare(root, layout, cache, labels_csv=data_cfg.labels_csv or None,
             label_column=data_cfg.label_column or None, workers=max(data_cfg.workers, 1),
-            min_tumour_voxels=1)
+            min_tumour_voxels=1, spacing=data_cfg.spacing)
     return cache

@@ -112,6 +112,22 @@ def classification_metrics(labels, probs, class_names: Sequence[str] | None = No
     return out
 
 
+def _stratified_resamples(labels: np.ndarray, n_boot: int, seed: int):
+    """``n_boot`` index arrays, each resampling with replacement within every class (class counts kept)."""
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    for _ in range(n_boot):
+        yield np.concatenate([rng.choice(g, size=len(g)) for g in groups])
+
+
+def _metric_fn(metric: str, n_boot: int, alpha: float):
+    if metric not in SCALAR_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(SCALAR_METRICS)}")
+    if n_boot < 1 or not 0 < alpha < 1:
+        raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1, got n_boot={n_boot}, alpha={alpha}")
+    return SCALAR_METRICS[metric]
+
+
 def bootstrap_ci(labels, probs, metric: str = "mcc", n_boot: int = 1000, seed: int = 0, alpha: float = 0.05):
     """Percentile (1 - alpha) confidence interval of a scalar metric by stratified bootstrap.
 
@@ -120,16 +136,41 @@ def bootstrap_ci(labels, probs, metric: str = "mcc", n_boot: int = 1000, seed: i
     Deterministic for a given seed. Returns (low, high) as floats.
     """
     labels, probs = check_predictions(labels, probs)
-    if metric not in SCALAR_METRICS:
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(SCALAR_METRICS)}")
-    if n_boot < 1 or not 0 < alpha < 1:
-        raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1, got n_boot={n_boot}, alpha={alpha}")
-    fn = SCALAR_METRICS[metric]
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
-        stats[b] = fn(labels[idx], probs[idx])
+    fn = _metric_fn(metric, n_boot, alpha)
+    stats = [fn(labels[idx], probs[idx]) for idx in _stratified_resamples(labels, n_boot, seed)]
     low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def paired_bootstrap_difference(labels, probs_a, probs_b, metric: str = "mcc", n_boot: int = 1000, seed: int = 0,
+                                alpha: float = 0.05) -> tuple[float, float, float]:
+    """(metric(a) - metric(b), CI low, CI high): two models' predictions on the same subjects, each bootstrap
+    replicate scoring both on the same resample (stratified as in `bootstrap_ci`), percentile CI."""
+    labels, probs_a = check_predictions(labels, probs_a)
+    _, probs_b = check_predictions(labels, probs_b)
+    fn = _metric_fn(metric, n_boot, alpha)
+    stats = [fn(labels[idx], probs_a[idx]) - fn(labels[idx], probs_b[idx])
+             for idx in _stratified_resamples(labels, n_boot, seed)]
+    low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return float(fn(labels, probs_a) - fn(labels, probs_b)), float(low), float(high)
+
+
+def mean_ci(values, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """{"mean", "ci" (percentile bootstrap of the mean, or None), "n"} of the finite `values` (NaN = undefined)."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return {"mean": None, "ci": None, "n": 0}
+    ci = None
+    if n_boot and len(values) > 1:
+        means = np.random.default_rng(seed).choice(values, (n_boot, len(values))).mean(axis=1)
+        ci = [float(v) for v in np.quantile(means, [alpha / 2, 1 - alpha / 2])]
+    return {"mean": float(values.mean()), "ci": ci, "n": int(len(values))}
+
+
+def metrics_with_ci(labels, probs, n_boot: int, seed: int = 0, keys=("mcc", "acc_top1", "auc_macro")) -> dict:
+    """`classification_metrics` plus {"ci": {key: [low, high]}} for `keys` (no CI when n_boot is 0)."""
+    out = classification_metrics(labels, probs)
+    if n_boot:
+        out["ci"] = {k: list(bootstrap_ci(labels, probs, k, n_boot, seed)) for k in keys}
+    return out

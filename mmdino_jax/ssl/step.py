@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mmdino_jax.ssl import losses, masking, teacher as teacher_lib
+from mmdino_jax.ssl import losses, masking, signals, teacher as teacher_lib
 
 LOSS_TERMS = ("dino_local", "dino_global", "ibot", "koleo", "semi")
 
@@ -56,6 +56,10 @@ def _absent_masks(present: jax.Array, n_patches: int) -> jax.Array:
     return jnp.broadcast_to(~present[:, :, None], (*present.shape, n_patches))
 
 
+def _at(schedule: jax.Array, update: jax.Array) -> jax.Array:
+    return schedule[jnp.minimum(update, schedule.shape[0] - 1)]
+
+
 def _flatten_crops(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
@@ -70,7 +74,8 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
                     mesh: Mesh, class_weights: jax.Array | None = None) -> Callable:
     """Returns `train_step(state, batch, key) -> (state, metrics)`.
 
-    `schedules` holds per-step arrays `teacher_temp` and `teacher_momentum`; `key` is the run's base
+    `schedules` holds per-step arrays `teacher_temp`, `teacher_momentum` and `koleo_scale` (KoLeo warmup,
+    multiplying its loss weight); past an array's end its last entry holds. `key` is the run's base
     key: the step folds its step number in, so masks and stochastic depth repeat on resume.
     """
 
@@ -97,7 +102,7 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
     def _n_patches(images):
         return (images.shape[-2] // cfg.patch_size) * (images.shape[-1] // cfg.patch_size)
 
-    def loss_fn(student, batch, targets, masks, target_tokens, key):
+    def loss_fn(student, batch, targets, masks, target_tokens, key, weights):
         cls_probs, patch_probs = targets
         n_g, n_l = batch["global"].shape[1], batch["local"].shape[1]
         k_g, k_l = jax.random.split(key)
@@ -119,8 +124,8 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
         terms["semi"] = losses.semi_supervised_loss(
             jnp.concatenate([s_local, s_global]), batch["label"], cfg.semi_temperature,
             cfg.semi_label_smoothing, class_weights, cfg.semi_class_weights)
-        total = sum(cfg.weights[k] * terms[k] for k in LOSS_TERMS)
-        return total, terms
+        total = sum(weights[k] * terms[k] for k in LOSS_TERMS)
+        return total, (terms, signals.labeled_accuracy(s_global, batch["label"]))
 
     def train_step(state, batch, key):
         step = state["step"]
@@ -136,16 +141,17 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
         masks, target_tokens = masking.student_masks(
             k_mask, present_g, grid, cfg.modality_masked,
             mask_sample_prob=cfg.mask_sample_probability, ratio_min_max=cfg.mask_ratio_min_max)
-        temp = schedules["teacher_temp"][jnp.minimum(update, schedules["teacher_temp"].shape[0] - 1)]
+        temp = _at(schedules["teacher_temp"], update)
+        weights = {**cfg.weights, "koleo": cfg.weights["koleo"] * _at(schedules["koleo_scale"], update)}
         cls_logits, patch_logits, cls_probs, patch_probs = teacher_targets(
             state["teacher"], globals_, present_g, temp, state["center"], state["ibot_center"])
         targets = jax.lax.stop_gradient((cls_probs, patch_probs))
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, terms), grads = grad_fn(state["student"], batch, targets, masks, target_tokens, k_drop)
+        (loss, (terms, semi_acc)), grads = grad_fn(state["student"], batch, targets, masks, target_tokens, k_drop,
+                                                   weights)
         updates, opt = tx.update(grads, state["opt"], state["student"])
         student = optax.apply_updates(state["student"], updates)
-        momentum = schedules["teacher_momentum"][
-            jnp.minimum(update, schedules["teacher_momentum"].shape[0] - 1)]
+        momentum = _at(schedules["teacher_momentum"], update)
         teacher = jax.tree.map(lambda new, old: jnp.where(updated, new, old),
                                teacher_lib.ema_update(state["teacher"], student, momentum), state["teacher"])
         tokens = target_tokens.reshape(patch_logits.shape[:2])
@@ -160,7 +166,8 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
         }
         metrics = {"loss": loss, **terms, "teacher_temp": temp, "teacher_momentum": momentum,
                    "grad_norm": optax.global_norm(grads),
-                   "masked_token_fraction": jnp.mean(masks)}
+                   "masked_token_fraction": jnp.mean(masks), "koleo_weight": weights["koleo"],
+                   "semi_acc": semi_acc, **signals.teacher_signals(cls_probs)}
         return new_state, metrics
 
     return train_step
