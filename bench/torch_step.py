@@ -119,7 +119,8 @@ class TorchStep:
                         m.head_nlayers)
         self.student = nn.ModuleDict({"backbone": backbone, "head": head}).train().to(self.device)
         self.teacher = copy.deepcopy(self.student).eval().requires_grad_(False)
-        wrap = torch.compile if compile else (lambda module: module)
+        # dynamic=False: one specialised graph per crop size (global 98 px, local 56 px).
+        wrap = (lambda module: torch.compile(module, dynamic=False)) if compile else (lambda module: module)
         self.run = {name: {part: wrap(model[part]) for part in ("backbone", "head")}
                     for name, model in (("student", self.student), ("teacher", self.teacher))}
         self.center = torch.zeros(m.head_n_prototypes, device=self.device)
