@@ -37,22 +37,28 @@ def jax_fns(impl: str, shape, dtype):
     return (lambda x: jax.block_until_ready(fwd(x))), (lambda x: jax.block_until_ready(grad(x)))
 
 
-def torch_fns(shape, threads: int):
+def torch_fns(shape, threads: int, dtype: str, device: str):
     import torch
 
     torch.set_num_threads(threads)
     b, t, h, d = shape
-    qkv = torch.randn(b, t, 3 * h * d, requires_grad=True)
+    qkv = torch.randn(b, t, 3 * h * d, dtype=getattr(torch, dtype), device=device, requires_grad=True)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def fwd():
         x = qkv.reshape(b, t, 3, h, d).permute(2, 0, 3, 1, 4)
         return torch.nn.functional.scaled_dot_product_attention(x[0], x[1], x[2]).transpose(1, 2).reshape(b, t, -1)
 
-    def both():
+    def once(_):
+        fwd()
+        sync()
+
+    def both(_):
         qkv.grad = None
         fwd().sum().backward()
+        sync()
 
-    return (lambda _: fwd()), (lambda _: both())
+    return once, both
 
 
 def main() -> None:
@@ -78,7 +84,7 @@ def main() -> None:
         qkv = jnp.asarray(np.random.default_rng(0).normal(size=(b, t, 3 * h * d)), args.dtype)
         fns = [jax_fns(i, shape, args.dtype) for i in impls]
         if not args.no_torch:
-            fns.append(torch_fns(shape, threads))
+            fns.append(torch_fns(shape, threads, args.dtype, "cuda" if backend == "gpu" else "cpu"))
         times = np.zeros((args.rounds + 1, len(fns), 2))
         for r in range(args.rounds + 1):  # round 0 compiles and warms up
             for i, pair in enumerate(fns):
