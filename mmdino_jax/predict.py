@@ -28,17 +28,21 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from mmdino_jax.cli_errors import negative_values_attached, run_cli
 from mmdino_jax.constants import SEQUENCES, sequence_indices
 from mmdino_jax.data.augment import eval_view
+from mmdino_jax.data.blank import blank_note
 from mmdino_jax.data.cohort import LAYOUTS, Subject, discover
 from mmdino_jax.data.pipeline import AXIAL
 from mmdino_jax.data.prepare import SubjectError, crop_axis, read_images, read_subject, voxel_sizes
 from mmdino_jax.eval import multislice
 from mmdino_jax.eval.extract import FeatureExtractor, attention_maps
 from mmdino_jax.eval.report import plot_attention_maps
-from mmdino_jax.export import ArtifactError, Classifier, load_classifier
+from mmdino_jax.export import Classifier, load_classifier
+from mmdino_jax.run_checks import check_output_dir, check_output_file
 
 OUTPUT_FORMATS = (".csv", ".json")
+NAN_FEATURES = "the backbone produced NaN/inf features for this subject; check the model's weights"
 
 
 @dataclass
@@ -95,15 +99,16 @@ def canonical_centre(image_path: Path, canonical_affine: np.ndarray, centre) -> 
     return tuple(int(v) for v in np.rint(voxel[:3]))
 
 
-def subject_crops(subject: Subject, spacing: float, centre=None, slices: int = 0) -> tuple[np.ndarray, int, int]:
+def subject_crops(subject: Subject, spacing: float, centre=None, slices: int = 0
+                  ) -> tuple[np.ndarray, int, int, list[str]]:
     """(crops (M, 4, 96, 96) float32 at ``spacing`` mm exactly as the cache holds them, axial slice index,
-    non-finite voxels zeroed): the largest axial slice (M = 1), or with ``slices`` K > 0 the K largest tumour
-    slices of each axis, the largest axial first.
+    non-finite voxels zeroed, blank sequences (``data.blank``, zeroed like missing ones)): the largest axial
+    slice (M = 1), or with ``slices`` K > 0 the K largest tumour slices of each axis, the largest axial first.
 
     With ``centre`` the tumour mask is that single voxel, so the slice is its z and the crop is centred on it.
     """
     if centre is not None:
-        volumes, affine, nonfinite = read_images(subject)
+        volumes, affine, nonfinite, blank = read_images(subject)
         voxel_mm = voxel_sizes(affine)
         first = next(p for p in subject.images.values() if p is not None)
         mask = np.zeros(volumes.shape[1:], bool)
@@ -112,12 +117,12 @@ def subject_crops(subject: Subject, spacing: float, centre=None, slices: int = 0
         raise SubjectError("no segmentation file: segment the tumour, or pass --center x,y,z (voxel "
                            "coordinates of the tumour centre) with this subject's folder as --input")
     else:
-        volumes, mask, nonfinite, voxel_mm = read_subject(subject)
+        volumes, mask, nonfinite, voxel_mm, blank = read_subject(subject)
     # Only the largest slice passes this threshold: the row that evaluation reads (CachedSplit.largest_axial).
     crops, _, rows = crop_axis(volumes, mask, AXIAL, mask.size + 1, voxel_mm, spacing)
     if slices:
         crops = multislice.crop_largest_slices(volumes, mask, slices, voxel_mm, spacing)
-    return crops.astype(np.float32), int(rows[0, 1]), nonfinite
+    return crops.astype(np.float32), int(rows[0, 1]), nonfinite, blank
 
 
 def subject_view(subject: Subject, clf: Classifier, centre=None, slices: int = 0) -> View:
@@ -128,10 +133,13 @@ def subject_view(subject: Subject, clf: Classifier, centre=None, slices: int = 0
         have = [s for s in SEQUENCES if subject.images[s] is not None]
         raise SubjectError(f"none of the model's sequences ({','.join(clf.sequences)}) found, only {have}")
     prep = clf.preprocessing
-    crops, axial_slice, nonfinite = subject_crops(subject, prep["spacing_mm"], centre, slices)
+    crops, axial_slice, nonfinite, blank = subject_crops(subject, prep["spacing_mm"], centre, slices)
+    present = present & np.array([s not in blank for s in clf.sequences])
+    if not present.any():
+        raise SubjectError(f"none of the model's sequences ({','.join(clf.sequences)}) is usable: {blank_note(blank)}")
     images = np.stack([eval_view(c[seq], present, prep["size"], prep["mean"], prep["std"]) for c in crops])
-    note = f"{nonfinite} non-finite voxels set to 0" if nonfinite else ""
-    return View(subject.id, images, present, axial_slice, note)
+    notes = [*subject.notes, f"{nonfinite} non-finite voxels set to 0" if nonfinite else "", blank_note(blank)]
+    return View(subject.id, images, present, axial_slice, "; ".join(n for n in notes if n))
 
 
 def result_row(clf: Classifier, subject: str, probs=None, view: View | None = None, reason: str = "") -> dict:
@@ -164,8 +172,18 @@ def classify(clf: Classifier, extractor: FeatureExtractor, views: list[View], at
     owner = np.repeat(np.arange(len(views)), [len(v.images) for v in views])
     present = np.stack([v.present for v in views])
     feats = extractor(np.concatenate([v.images for v in views]), present[owner])["cls"]
-    probs = multislice.subject_probs(clf.probe, feats, owner, len(views), aggregate, len(clf.class_names))
-    rows = [result_row(clf, v.subject, p, v) for v, p in zip(views, probs)]
+    broken = np.zeros(len(views), bool)  # a NaN feature is a broken model, never a probability
+    np.logical_or.at(broken, owner, ~np.isfinite(feats).all(axis=1))
+    probs = [None] * len(views)
+    if not broken.all():
+        keep = ~broken[owner]
+        good = np.flatnonzero(~broken)
+        got = multislice.subject_probs(clf.probe, feats[keep], (np.cumsum(~broken) - 1)[owner[keep]], len(good),
+                                       aggregate, len(clf.class_names))
+        for i, p in zip(good, got):
+            probs[i] = p
+    rows = [result_row(clf, v.subject, view=v, reason=NAN_FEATURES) if p is None else result_row(clf, v.subject, p, v)
+            for v, p in zip(views, probs)]
     if attend is not None:
         for v, a, row in zip(views, attend(np.stack([v.images[0] for v in views]), present), rows):
             plot_subject(attention_dir, clf, v, a, row)
@@ -220,15 +238,15 @@ def write_results(rows: list[dict], out, clf: Classifier, model_dir: Path) -> No
 
 def run(args) -> list[dict]:
     """Everything after argument parsing; ValueError (incl. ArtifactError) for unusable input."""
+    if args.output:
+        check_output_file(args.output, "--output")
     clf = load_classifier(args.model)
     path = Path(args.input).expanduser().absolute()
     subjects, skipped = find_subjects(path, args.layout)
     if args.center is not None and len(subjects) + len(skipped) > 1:
         raise ValueError(f"--center is one tumour centre, but {path} holds {len(subjects) + len(skipped)} "
                          "subjects; pass a single subject folder as --input")
-    attention_dir = Path(args.attention_maps) if args.attention_maps else None
-    if attention_dir:
-        attention_dir.mkdir(parents=True, exist_ok=True)
+    attention_dir = check_output_dir(args.attention_maps, "--attention-maps") if args.attention_maps else None
     rows = predict(clf, subjects, args.center, args.batch_size, attention_dir, args.slices, args.aggregate)
     rows += [result_row(clf, s["subject"], reason=s["reason"]) for s in skipped]
     write_results(rows, args.output, clf, Path(args.model))
@@ -236,6 +254,11 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> list[dict]:
+    """The command line; errors end in one line and exit status 2 (``cli_errors``)."""
+    return run_cli(_main, argv, prog="python -m mmdino_jax.predict")
+
+
+def _main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="classifier directory (evaluate --export DIR)")
     parser.add_argument("--input", required=True, help="cohort root or one subject folder")
@@ -251,17 +274,14 @@ def main(argv=None) -> list[dict]:
                              "axial slice, as evaluation's single-slice numbers)")
     parser.add_argument("--aggregate", choices=multislice.AGGREGATES, default="probs",
                         help="with --slices: mean of the probabilities (default) or probe on the mean feature")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(negative_values_attached(argv, ("--center",)))
     if args.output and Path(args.output).suffix not in OUTPUT_FORMATS:
         parser.error(f"--output {args.output}: use a .csv or .json file name")
     if args.slices < 0:
         parser.error(f"--slices must be >= 0, got {args.slices}")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    try:
-        rows = run(args)
-    except (ArtifactError, ValueError, FileExistsError) as err:
-        parser.exit(2, f"error: {err}\n")
+    rows = run(args)
     failed = sum(r["status"] != "ok" for r in rows)
     print(f"predicted {len(rows) - failed} subject(s), {failed} could not be used"
           + (f"; results: {args.output}" if args.output else ""), file=sys.stderr)

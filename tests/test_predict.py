@@ -205,7 +205,7 @@ def test_artifact_that_does_not_fit_is_refused(run, tmp_path, capsys):
     wide = Probe(**{**vars(run.probe), "coef": np.zeros((3, dim + 1)), "mean": np.zeros(dim + 1),
                     "scale": np.ones(dim + 1)})
     wide.save_npz(bad / "probe.npz")
-    with pytest.raises(ArtifactError, match=f"expects {dim + 1} features but the backbone's embed_dim is {dim}"):
+    with pytest.raises(ArtifactError, match=f"takes {dim + 1}-dimensional features, but the backbone's embed_dim is {dim}"):
         load_classifier(bad)
     (bad / "probe.npz").unlink()
     with pytest.raises(ArtifactError, match="probe.npz not found"):

@@ -15,7 +15,7 @@ from mmdino_jax.config_base import load_config
 from mmdino_jax.constants import SEQUENCES
 from mmdino_jax.data.setup import ensure_cache
 from mmdino_jax.eval import fewshot, knn, multislice, segmentation
-from mmdino_jax.eval.report import compare_runs
+from mmdino_jax.eval.report import compare_runs, write_report_md
 from mmdino_jax.models.build import build_models
 
 SMOKE = "configs/demo.py:smoke"
@@ -105,10 +105,11 @@ def test_top_slices_and_aggregation():
 
 def test_largest_slices_of_a_volume_match_the_cache_rows(tmp_path):
     """predict --slices reads a volume; evaluation reads the cache: both must pick the same slices."""
+    from test_cohort import write_subject
+
     from mmdino_jax.data.cohort import discover
     from mmdino_jax.data.pipeline import CachedSplit
     from mmdino_jax.data.prepare import prepare, read_subject
-    from test_cohort import write_subject
 
     write_subject(tmp_path / "root", "mmdino", 1)
     prepare(tmp_path / "root", "mmdino", tmp_path / "cache", workers=1)
@@ -131,6 +132,7 @@ def evaluated(tmp_path_factory):
     config.eval.bootstrap = 20
     config.eval.fewshot_draws = 10
     config.eval.segmentation.update(tokens="per_sequence", loss="dice_ce")
+    config.eval.compare_init = False  # the backbone is the random init; the initial rows are rendered below
     config.data.cache = str(ensure_cache(config.data, str(work), 0))
     backbone, _, _ = build_models(config.model, config.seed)
     graphdef, params = nnx.split(backbone)
@@ -166,3 +168,16 @@ def test_every_protocol_lands_in_metrics_report_plots_and_compare(evaluated):
     assert "test kNN k=10 MCC" in table and "test segmentation Dice WT" in table
     assert "test few-shot 1/class MCC" in table and "test subject-level MCC (mean of probs)" in table
     assert set(SEQUENCES) >= set(metrics["sequences"])
+
+
+def test_the_initial_backbone_row_shows_every_protocol(evaluated, tmp_path):
+    """evaluate's initial comparison carries run_protocols' entries; the report puts them beside the trained."""
+    _, payload = evaluated
+    protocols = {k: payload[k] for k in ("knn", "fewshot", "subject_level", "segmentation")}
+    initial = {"name": "random init", "splits": payload["splits"], "probe": payload["probe"],
+               "difference": {s: {"mcc": 0.0, "ci": [0.0, 0.0]} for s in payload["splits"]}, "protocols": protocols}
+    report = write_report_md(tmp_path / "report.md", {**payload, "initial": initial}, {}).read_text()
+    section = report[report.index("### The protocols: trained vs random init"):]
+    for row in ("| test kNN k=20 MCC |", "| val few-shot 2/class MCC |",
+                "| test subject-level MCC (mean of features) |", "| test segmentation Dice ET |"):
+        assert row in section

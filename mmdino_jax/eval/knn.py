@@ -11,6 +11,7 @@ import numpy as np
 
 from mmdino_jax.eval import metrics as metrics_lib
 
+
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -34,5 +35,6 @@ def knn_probs(train_x, train_y, test_x, k: int, temperature: float, num_classes:
 def knn_protocol(bank: tuple[np.ndarray, np.ndarray], queries: dict, ks, temperature: float,
                  num_classes: int, n_boot: int = 0, seed: int = 0) -> dict:
     """{f"k{k}": {split: metrics}} for a labeled `bank` (features, labels) and `queries` split -> (x, y)."""
-    return {f"k{k}": {name: metrics_lib.metrics_with_ci(y, knn_probs(*bank, x, k, temperature, num_classes), n_boot, seed)
+    return {f"k{k}": {name: metrics_lib.metrics_with_ci(y, knn_probs(*bank, x, k, temperature, num_classes),
+                                                        n_boot, seed)
                       for name, (x, y) in queries.items()} for k in ks}

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from mmdino_jax.constants import CLASS_NAMES
 from mmdino_jax.eval import fewshot, knn, multislice, report, segmentation
 from mmdino_jax.eval.extract import FeatureExtractor

@@ -244,7 +244,8 @@ def _protocol_rows(payloads) -> list[tuple[str, object]]:
                  for s in splits]
     for how in ("probs", "features"):
         rows += [(f"{s} subject-level MCC (mean of {how})",
-                  lambda p, how=how, s=s: _cell(p.get("subject_level", {}).get("splits", {}).get(s, {}).get(how), "mcc"))
+                  lambda p, how=how, s=s: _cell(p.get("subject_level", {}).get("splits", {}).get(s, {}).get(how),
+                                                "mcc"))
                  for s in splits if any("subject_level" in p for p in payloads)]
     for region in BRATS_REGIONS:
         rows += [(f"{s} segmentation Dice {region.upper()}",
@@ -272,6 +273,11 @@ def write_report_md(path, results: Mapping, meta: Mapping, others: Mapping[str, 
         parts += ["## Classification (linear probe on teacher CLS features)", *_split_tables(results["splits"])]
     if results.get("initial"):
         parts += [f"## Trained vs {results['initial']['name']} (same probe protocol)", _initial_table(results)]
+        if results["initial"].get("protocols"):
+            initial = {**results["initial"]["protocols"], "splits": results["initial"]["splits"]}
+            rows = [[label, get(results), get(initial)] for label, get in _protocol_rows([results, initial])]
+            parts += [f"### The protocols: trained vs {results['initial']['name']} (plots of the latter in initial/)",
+                      _table(["Metric", "trained", results["initial"]["name"]], rows)]
     if results.get("sweep"):
         parts += [f"## Missing-modality sweep ({results['sweep'].get('split', '?')})", _sweep_table(results["sweep"]),
                   "refit: probe refit per subset on masked features; full probe: the all-sequence probe "

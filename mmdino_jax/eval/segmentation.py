@@ -109,7 +109,8 @@ def train_decoder(tokens: np.ndarray, keep: np.ndarray, labels: np.ndarray, cfg,
                          f"got {cfg.tokens!r}, {cfg.loss!r}")
     n, s, _, _, d = tokens.shape
     axes, sample = ((0, 2, 3), tokens) if cfg.tokens == "concat" else ((0, 1, 2), tokens[keep])
-    mean, std = sample.mean(axes, dtype=np.float32, keepdims=True)[0], sample.std(axes, dtype=np.float32, keepdims=True)[0]
+    mean = sample.mean(axes, dtype=np.float32, keepdims=True)[0]
+    std = sample.std(axes, dtype=np.float32, keepdims=True)[0]
     key = jax.random.key(seed)
     shape = (s, d, len(LABELS)) if cfg.tokens == "concat" else (d, len(LABELS))
     params = {"w": 0.01 * jax.random.normal(key, shape), "b": jnp.zeros(len(LABELS)),
@@ -148,7 +149,8 @@ def predict_labels(params, tokens: np.ndarray, keep: np.ndarray, cfg) -> np.ndar
     for i in range(0, len(tokens), b):
         x, k = tokens[i:i + b], keep[i:i + b]
         pad = b - len(x)
-        x, k = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]), np.concatenate([k, np.ones((pad, *k.shape[1:]), bool)])
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+        k = np.concatenate([k, np.ones((pad, *k.shape[1:]), bool)])
         out.append(np.asarray(_argmax_labels(params, jnp.asarray(x), jnp.asarray(k), cfg.tokens))[:b - pad])
     return np.asarray(LABELS, np.uint8)[np.concatenate(out)]
 
