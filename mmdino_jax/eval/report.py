@@ -211,7 +211,7 @@ def _segmentation_section(result: Mapping) -> list[str]:
            "Dice 0 and HD95 = the crop diagonal."]
     missing = result.get("missing")
     if missing:
-        out += [f"### Dice with one sequence missing ({missing['split']})",
+        out += [f"### Dice with one sequence missing ({missing['split']}; the subjects that have it and another)",
                 _table(["Missing", *(title for _, title in BRATS_REGIONS.values())],
                        [[seq, *(_mean_ci(d[r]) for r in BRATS_REGIONS)] for seq, d in missing["dice"].items()])]
     return out + ["![segmentation](segmentation.png)"]

@@ -111,12 +111,9 @@ def train_decoder(tokens: np.ndarray, keep: np.ndarray, labels: np.ndarray, cfg,
     axes, sample = ((0, 2, 3), tokens) if cfg.tokens == "concat" else ((0, 1, 2), tokens[keep])
     mean = sample.mean(axes, dtype=np.float32, keepdims=True)[0]
     std = sample.std(axes, dtype=np.float32, keepdims=True)[0]
-    key = jax.random.key(seed)
     shape = (s, d, len(LABELS)) if cfg.tokens == "concat" else (d, len(LABELS))
-    params = {"w": 0.01 * jax.random.normal(key, shape), "b": jnp.zeros(len(LABELS)),
-              "mean": jnp.asarray(mean), "scale": jnp.asarray(np.maximum(std, 1e-6))}
-    trainable = {"w": params["w"], "b": params["b"]}
-    frozen = {"mean": params["mean"], "scale": params["scale"]}
+    trainable = {"w": 0.01 * jax.random.normal(jax.random.key(seed), shape), "b": jnp.zeros(len(LABELS))}
+    frozen = {"mean": jnp.asarray(mean), "scale": jnp.asarray(np.maximum(std, 1e-6))}
     opt = optax.adamw(cfg.lr, weight_decay=1e-4)
     state = opt.init(trainable)
     weights = jnp.asarray(class_weights(labels))
@@ -184,7 +181,8 @@ def summarise(scores: dict, pred: np.ndarray, n_boot: int, seed: int, keys=("dic
 
 def segmentation_protocol(cfg, cache, sequences, size: int, extract, splits=("val", "test"),
                           n_boot: int = 0, seed: int = 0) -> tuple[dict, dict]:
-    """Train on `train`, score `splits` (those the cache has) and the missing-sequence sweep on the last.
+    """Train on `train`, score `splits` (those the cache has), and on the last split the Dice with each
+    sequence masked (over the subjects that have it and another sequence).
 
     `extract` is a FeatureExtractor with outputs ("patch",). Returns (results, examples) where examples
     holds images / truth / prediction of the first `cfg.examples` subjects of the last split for the plot.
@@ -194,11 +192,13 @@ def segmentation_protocol(cfg, cache, sequences, size: int, extract, splits=("va
     params, losses = train_decoder(patch_grid(extract, train.images, train.present, s, "train patches"),
                                    train.present, train.labels, cfg, seed)
     results = {"tokens": cfg.tokens, "loss": cfg.loss, "steps": cfg.steps, "n_train": len(train.ids),
-               "train_loss": {"first": losses[0], "last": losses[-1]}, "hd95_unit": "crop pixels", "splits": {}}
+               "train_loss": {"first": losses[0], "last": losses[-1]}, "hd95_unit": "crop pixels", "splits": {},
+               "no_sequence_skipped": {"train": train.skipped}}
     names = [n for n in splits if (Path(cache) / n / "index.json").is_file()]
     examples = {}
     for name in names:
         data = SegSplit.load(cache, name, sequences, size)
+        results["no_sequence_skipped"][name] = data.skipped
         pred = predict_labels(params, patch_grid(extract, data.images, data.present, s, f"{name} patches"),
                               data.present, cfg)
         results["splits"][name] = {"n": len(data.ids), **summarise(region_scores(pred, data.labels), pred,
@@ -209,7 +209,7 @@ def segmentation_protocol(cfg, cache, sequences, size: int, extract, splits=("va
         results["missing"] = {"split": names[-1], "dice": {}}
         for j, dropped in enumerate(sequences):
             keep = data.present & (np.arange(s) != j)
-            rows = keep.any(1)
+            rows = data.present[:, j] & keep.any(1)  # the subjects that have the sequence and another one
             pred = predict_labels(params, patch_grid(extract, data.images[rows], keep[rows], s), keep[rows], cfg)
             summary = summarise(region_scores(pred, data.labels[rows]), pred, n_boot, seed, keys=("dice",))
             results["missing"]["dice"][dropped] = {r: v["dice"] for r, v in summary.items()}
