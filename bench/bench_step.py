@@ -22,8 +22,9 @@ import jax
 
 from mmdino_jax import sharding
 from mmdino_jax.config_base import load_config
-from mmdino_jax.learner import build_learner, random_batch
 from mmdino_jax.models.build import vit_config
+from mmdino_jax.ssl.learner import build_learner, random_batch
+from mmdino_jax.training.sharded import shard_learner
 
 
 def vit_flops(cfg, images: int, sequences: int, size: int) -> float:
@@ -63,18 +64,11 @@ def bench(spec: str, batch_size: int | None, steps: int, torch_threads: int = 0)
     if batch_size:
         config.data.batch_size = batch_size
     config.optim.freeze_backbone_steps = 0
-    mesh = sharding.make_mesh(1, jax.devices()[:1])
-    learner = build_learner(config)
-    state_sh = sharding.state_shardings(jax.eval_shape(learner["init"], learner["student"]), mesh)
-    state = jax.jit(learner["init"], out_shardings=state_sh)(learner["student"])
-    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    step = jax.jit(learner["make_step"](mesh), in_shardings=(state_sh, batch_sh, repl),
-                   out_shardings=(state_sh, repl), donate_argnums=0)
+    run = shard_learner(build_learner(config), sharding.make_mesh(1, jax.devices()[:1]))
     host_batch = random_batch(config)
-    batch = sharding.to_global(host_batch, batch_sh)
-    key = jax.device_put(jax.random.key(0), repl)
+    state, batch, key = run.state, run.global_batch(host_batch), run.key(0)
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch, key).compile()
+    compiled = run.step.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -92,8 +92,8 @@ def _koleo(x):
 
 
 def make_batch(config, seed: int = 0) -> dict:
-    """Torch tensors of `mmdino_jax.learner.random_batch(config)` (the JAX bench's batch)."""
-    from mmdino_jax.learner import random_batch
+    """Torch tensors of `mmdino_jax.ssl.learner.random_batch(config)` (the JAX bench's batch)."""
+    from mmdino_jax.ssl.learner import random_batch
     return {k: torch.from_numpy(v) for k, v in random_batch(config, seed).items()}
 
 

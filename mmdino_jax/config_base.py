@@ -1,4 +1,5 @@
-"""The fields every training config has, with MM-DINOv2's values (recipe.md section 5).
+"""The fields every training config has, with MM-DINOv2's values (MM-DINOv2
+`dinov2/configs/train/glioma_vitb14_mm-dino_v2.yaml` over `dinov2/configs/ssl_default_config.yaml`).
 
 Config files in configs/ start from `base_config()` and change what their experiment needs.
 Durations are in optimizer steps; `epochs_to_steps` converts the paper's epochs.

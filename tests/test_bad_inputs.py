@@ -26,17 +26,19 @@ from mmdino_jax import evaluate, features, predict, train
 from mmdino_jax.checksums import MANIFEST
 from mmdino_jax.cli_errors import ConfigError, WorkdirError, run_cli
 from mmdino_jax.config_base import load_config
+from mmdino_jax.convert.__main__ import main as convert_main
 from mmdino_jax.data import prepare
 from mmdino_jax.data.blank import constant_views
 from mmdino_jax.data.setup import ensure_cache
+from mmdino_jax.eval import backbone as eval_backbone
 from mmdino_jax.eval.probe import Probe
 from mmdino_jax.export import export_classifier
-from mmdino_jax.learner import build_learner
-from mmdino_jax.model_io import save_model
 from mmdino_jax.models.build import build_models
+from mmdino_jax.models.io import save_model
 from mmdino_jax.run_checks import check_train_config
+from mmdino_jax.ssl.learner import build_learner
+from mmdino_jax.training.data import train_dataset
 from mmdino_jax.workdir_lock import WorkdirLock
-from weights_conversion.__main__ import main as convert_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "configs/demo.py:smoke"
@@ -60,11 +62,11 @@ def smoke(tmp_path_factory):
                   scale=np.ones(dim), classes=np.arange(3))
     export_classifier(work / "clf", graphdef, params, probe, config, 3, config.data.sequences.split(","))
     learner = build_learner(config)
-    state = learner["init"](learner["student"])
+    state = learner.init(learner.params)
     checkpoints = ckpt_lib.RunCheckpoints(str(work / "run"))
     meta = {"config": json.loads(config.to_json_best_effort())}
     for step in (2, 3):
-        checkpoints.save(step, state, iter(train.train_dataset(config, cache)), meta, force=True)
+        checkpoints.save(step, state, iter(train_dataset(config, cache)), meta, force=True)
     checkpoints.close()
     return SimpleNamespace(work=work, config=config, cache=cache, cohort=work / "cohort", clf=work / "clf",
                            run=work / "run", state=state)
@@ -213,7 +215,7 @@ def resume(smoke, workdir):
     checkpoints = ckpt_lib.RunCheckpoints(str(workdir))
     try:
         return checkpoints.restore_latest(ckpt_lib.abstract(smoke.state),
-                                          iter(train.train_dataset(smoke.config, smoke.cache)), smoke.config)
+                                          iter(train_dataset(smoke.config, smoke.cache)), smoke.config)
     finally:
         checkpoints.close()
 
@@ -266,7 +268,7 @@ def test_evaluate_masks_blank_views_of_an_old_cache(smoke, tmp_path, caplog):
     subject = next(i for i, p in enumerate(index["present"]) if p[2])
     images[slices[:, 0] == subject, 2] = 0  # t2 (canonical index 2) blank
     images.flush()
-    split = evaluate.Split.load(tmp_path, "test", ["t1", "t2"], 28, labeled_only=False)
+    split = eval_backbone.Split.load(tmp_path, "test", ["t1", "t2"], 28, labeled_only=False)
     assert not split.present[subject, 1] and split.present[subject, 0]
     assert "blank (constant): treated as missing" in caplog.text
     assert not constant_views(split.images, split.present).any()

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mmdino_jax import model_io
+from mmdino_jax.models import io as model_io
 from mmdino_jax.models.heads import DINOHead
 from mmdino_jax.models.vit import DinoViT, ViTConfig
 

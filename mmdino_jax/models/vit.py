@@ -192,7 +192,8 @@ _run_block_remat = nnx.remat(_run_block)
 
 
 class DinoViT(nnx.Module):
-    """`model(images (B,S,H,W), sequences, masks=(B,S,N) bool|None, rng=key|None)` -> cls/registers/patch."""
+    """`model(images (B,S,H,W), sequences, masks=(B,S,N) bool|None, rng=key|None, present=(B,S) bool|None)`
+    -> cls/registers/patch. `present` False masks every token of that sequence (absent in that sample)."""
 
     def __init__(self, cfg: ViTConfig, rngs: nnx.Rngs | None = None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
@@ -217,7 +218,7 @@ class DinoViT(nnx.Module):
         self.norm = _layernorm(d, jnp.float32, rngs)
 
     # --- token construction -------------------------------------------------------------------------
-    def _embed(self, images, sequences, masks):
+    def _embed(self, images, sequences, masks, present=None):
         cfg = self.cfg
         b, s, h, w = images.shape
         p, d = cfg.patch_size, cfg.embed_dim
@@ -228,6 +229,9 @@ class DinoViT(nnx.Module):
             raise ValueError(f"{s} input channels but {len(sequences)} sequence indices {sequences}")
         if any(not 0 <= i < cfg.num_seq_embed for i in sequences):
             raise ValueError(f"sequence indices {sequences} out of range [0, {cfg.num_seq_embed})")
+        if present is not None:
+            absent = jnp.broadcast_to(~present[:, :, None], (b, s, (h // p) * (w // p)))
+            masks = absent if masks is None else masks | absent
         h0, w0 = h // p, w // p
         n = h0 * w0
         x = self.patch_embed(images.reshape(b * s, h, w, 1).astype(cfg.compute_dtype))
@@ -266,17 +270,19 @@ class DinoViT(nnx.Module):
         sequences: Sequence[int],
         masks: jax.Array | None = None,
         rng: jax.Array | None = None,
+        present: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
-        x = self._embed(images, sequences, masks)
+        x = self._embed(images, sequences, masks, present)
         x = self.norm(self._blocks(x, rng, self.blocks))
         r = self.cfg.num_registers
         return {"cls": x[:, 0], "registers": x[:, 1 : 1 + r], "patch": x[:, 1 + r :]}
 
     def cls_attention(
-        self, images: jax.Array, sequences: Sequence[int], masks: jax.Array | None = None
+        self, images: jax.Array, sequences: Sequence[int], masks: jax.Array | None = None,
+        present: jax.Array | None = None,
     ) -> jax.Array:
         """Last block's attention from CLS to every patch token, (B, heads, S*N) (deterministic)."""
-        x = self._blocks(self._embed(images, sequences, masks), None, self.blocks[:-1])
+        x = self._blocks(self._embed(images, sequences, masks, present), None, self.blocks[:-1])
         last = self.blocks[-1]
         attn = last.attn.weights(last.norm1(x))
         return attn[:, :, 0, 1 + self.cfg.num_registers :]
