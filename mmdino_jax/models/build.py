@@ -13,13 +13,21 @@ from mmdino_jax.models.heads import DINOHead
 from mmdino_jax.models.vit import DinoViT, ViTConfig
 
 
+def compute_dtype(name: str, backend: str | None = None) -> str:
+    """`model.dtype`, with `auto` resolved: bfloat16 on GPU and TPU (float32 master weights; the heads and
+    losses stay float32), float32 on CPU, where XLA's bfloat16 matmuls are slower than float32 ones."""
+    if name != "auto":
+        return name
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
+
+
 def vit_config(model_cfg) -> ViTConfig:
     """The backbone config of `config.model` (preset, size overrides, training switches)."""
     overrides = {k: model_cfg[k] for k in ("embed_dim", "depth", "num_heads") if model_cfg[k]}
     return ViTConfig.preset(
         model_cfg.arch, **overrides, num_registers=model_cfg.num_registers,
         drop_path_rate=model_cfg.drop_path_rate, layerscale_init=model_cfg.layerscale_init,
-        use_seq_embed=model_cfg.use_seq_embed, dtype=model_cfg.dtype)
+        use_seq_embed=model_cfg.use_seq_embed, dtype=compute_dtype(model_cfg.dtype))
 
 
 def build_models(model_cfg, seed: int) -> tuple[DinoViT, DINOHead, list[str]]:
