@@ -26,7 +26,7 @@ from mmdino_jax import checkpoint as ckpt_lib
 from mmdino_jax.constants import CLASS_NAMES
 from mmdino_jax.finetune import lora
 from mmdino_jax.models import io as model_io
-from mmdino_jax.models.build import vit_config
+from mmdino_jax.models.build import compute_dtype, vit_config
 from mmdino_jax.models.heads import pooled_dim
 from mmdino_jax.models.vit import DinoViT, ViTConfig
 
@@ -100,7 +100,8 @@ def source_backbone(config) -> tuple[DinoViT, str]:
     else:
         raise FileNotFoundError(f"finetune.init={init}: neither a model directory (model.json) nor a training "
                                 "run directory (checkpoints/); give one of them, or '' for random init")
-    cfg = dataclasses.replace(cfg, drop_path_rate=config.model.drop_path_rate, dtype=config.model.dtype)
+    cfg = dataclasses.replace(cfg, drop_path_rate=config.model.drop_path_rate,
+                              dtype=compute_dtype(config.model.dtype))
     logging.info("fine-tuning from %s", provenance)
     return nnx.merge(nnx.split(nnx.eval_shape(lambda: DinoViT(cfg)))[0], params), provenance
 
