@@ -126,6 +126,16 @@ def test_one_step_on_8_devices_equals_one_device():
     assert result.stdout.startswith("OK")
 
 
+def test_demo_uses_the_swept_recipe_and_the_paper_config_keeps_the_paper_values():
+    demo, paper = load_config("configs/demo.py"), load_config("configs/mmdino_vitb14.py")
+    assert (demo.ssl.momentum_teacher, demo.ssl.semi_class_weights, demo.ssl.koleo_loss_weight) == (
+        0.95, "dataset", 0.02)
+    assert demo.data.phantom.val_subjects >= 150 and demo.data.phantom.test_subjects >= 150
+    assert demo.eval.compare_init and demo.data.spacing == paper.data.spacing == 1.0
+    assert (paper.ssl.momentum_teacher, paper.ssl.semi_class_weights, paper.ssl.koleo_loss_weight,
+            paper.ssl.koleo_warmup_steps, paper.eval.compare_init) == (0.992, "batch", 0.1, 0, False)
+
+
 def test_unknown_config_field_is_an_error(tmp_path):
     result = run([sys.executable, "-m", "mmdino_jax.train", "--config", SMOKE, "--workdir", str(tmp_path),
                   "--config.optim.no_such_field=1"])
