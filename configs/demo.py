@@ -69,6 +69,11 @@ def get_config(arg=None):
         c.ssl.warmup_teacher_temp_steps = 3
         c.eval.c_grid_size = 4
         c.eval.bootstrap = 50
+        c.eval.protocols = ""  # tests/test_protocols.py runs them on this config
+        c.eval.subject_slices = 2
+        c.eval.segmentation.steps = 20
+        c.eval.segmentation.batch_size = 8
+        c.eval.segmentation.examples = 3
     elif arg:
         raise ValueError(f"configs/demo.py takes no argument or 'smoke', got {arg!r}")
     return c

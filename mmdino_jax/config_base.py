@@ -106,6 +106,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.bootstrap = 1000
     c.eval.at_end = True             # evaluate the final (or best) teacher when training ends
     c.eval.compare_init = False      # also probe the backbone the run started from (paired MCC difference)
+    # Protocols beside the linear probe (mmdino_jax/eval/protocols.py): knn,fewshot,subject,segmentation; "" = none
+    c.eval.protocols = "knn,fewshot,subject,segmentation"
+    c.eval.knn_k = (10, 20)
+    c.eval.knn_temperature = 0.07    # DINO's weighted-vote temperature
+    c.eval.fewshot_shots = (1, 2, 4, 8, 16)
+    c.eval.fewshot_draws = 10
+    c.eval.fewshot_c = 1.0           # fixed C: a few shots leave nothing to hold out for choosing it
+    c.eval.subject_slices = 3        # subject level: the K largest tumour slices of each axis
+    c.eval.segmentation = ml_collections.ConfigDict({
+        "tokens": "concat",          # concat (sequences' tokens per position) | per_sequence (shared map, mean)
+        "loss": "ce",                # ce (inverse-frequency weighted) | dice_ce
+        "steps": 300, "batch_size": 32, "lr": 1e-3, "examples": 4})
     return c
 
 

@@ -5,6 +5,9 @@ SEQUENCES = ("t1", "t1c", "t2", "flair")
 # WHO 2021 glioma subtypes; a label is the index into this tuple, -1 means unlabeled.
 CLASS_NAMES = ("astrocytoma", "glioblastoma", "oligodendroglioma")
 UNLABELED = -1
+# Segmentation labels of the prepared cache (BraTS 2021) and the regions scored: name -> (labels, title).
+SEG_LABELS = (0, 1, 2, 4)
+BRATS_REGIONS = {"wt": ((1, 2, 4), "whole tumour"), "tc": ((1, 4), "tumour core"), "et": ((4,), "enhancing tumour")}
 
 
 def sequence_indices(names) -> tuple[int, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -22,14 +23,17 @@ from tqdm import tqdm
 
 from mmdino_jax import checkpoint as ckpt_lib
 from mmdino_jax import model_io
+from mmdino_jax.cli_errors import parse_absl_flags, run_cli
 from mmdino_jax.constants import CLASS_NAMES
 from mmdino_jax.data import pipeline
+from mmdino_jax.data.blank import constant_views
 from mmdino_jax.data.setup import ensure_cache
 from mmdino_jax.eval import metrics as metrics_lib
 from mmdino_jax.eval import report, subsets
 from mmdino_jax.eval.extract import FeatureExtractor, attention_maps
 from mmdino_jax.eval.probe import fit_probe
-from mmdino_jax.export import export_classifier
+from mmdino_jax.eval.protocols import run_protocols, sweep_scorers
+from mmdino_jax.export import check_export_dir, export_classifier
 from mmdino_jax.learner import build_learner
 from mmdino_jax.models.build import build_models
 from mmdino_jax.run_log import quiet_library_logs
@@ -37,12 +41,14 @@ from mmdino_jax.run_log import quiet_library_logs
 
 def define_flags() -> None:
     """Command-line flags (defined only when run as a program, so the module imports cleanly)."""
-    config_flags.DEFINE_config_file("config", None, "The run's training config.", lock_config=True)
-    flags.DEFINE_string("workdir", None, "The run directory (checkpoints/, metrics.jsonl); eval/ is written here.")
+    if "workdir" not in flags.FLAGS:  # shared with the training CLI when both run in one process (tests)
+        config_flags.DEFINE_config_file("config", None, "The run's training config.", lock_config=True)
+        flags.DEFINE_string("workdir", None, "The run directory (checkpoints/, metrics.jsonl); eval/ is written here.")
     flags.DEFINE_string("checkpoint", "", "A step of DIR/checkpoints, or a model directory; default: best, else latest.")
     flags.DEFINE_list("compare", [], "Run directories to put side by side (reads DIR/eval/metrics.json).")
     flags.DEFINE_string("export", "", "Also write the full-sequence probe + teacher backbone to this new directory "
                         "as a classifier for `python -m mmdino_jax.predict --model DIR`.")
+    flags.DEFINE_bool("overwrite", False, "Replace the classifier that --export DIR already holds.")
 
 
 @dataclasses.dataclass
@@ -56,6 +62,11 @@ class Split:
     @classmethod
     def load(cls, cache, name: str, sequences, size: int, labeled_only: bool) -> "Split":
         a = pipeline.eval_arrays(cache, name, sequences, size)
+        blank = constant_views(a["images"], a["present"])
+        if blank.any():  # a cache prepared before the blank-input rule: mask them as prepare now does
+            logging.warning("%s/%s: %d present sequence view(s) of %d subject(s) are blank (constant): treated as "
+                            "missing; re-prepare the cache", cache, name, int(blank.sum()), int(blank.any(1).sum()))
+            a["present"] = a["present"] & ~blank
         rows = np.flatnonzero(a["label"] >= 0) if labeled_only else np.arange(len(a["label"]))
         if not len(rows):
             raise ValueError(f"split {name!r} of {cache} has no labeled subject to evaluate on")
@@ -92,14 +103,17 @@ def validation_mcc(config, splits: dict[str, Split], extractor: FeatureExtractor
     return metrics_lib.classification_metrics(val.label, probs)["mcc"]
 
 
-def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str) -> dict:
-    """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features."""
+def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str,
+          extra: dict | None = None) -> dict:
+    """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features.
+
+    `extra` maps more result kinds to scorers (train feats, train labels, test feats, test labels) -> metrics,
+    run on the same masked features (the protocols' kNN)."""
     seq = tuple(config.data.sequences.split(","))
     train, test = splits["train"], splits[split]
-    results = {"split": split, "refit": {}, "full_probe": {}, "dropped": {}}
-    cases = [(subsets.subset_name(s), lambda p, s=s: subsets.subset_masks(p, seq, s)) for s in subsets.all_subsets(seq)]
-    cases.append((subsets.RANDOM, lambda p: subsets.random_drop(p, config.seed)))
-    for name, keep_of in tqdm(cases, desc=f"sequence subsets ({split})", unit="subset"):
+    extra = extra or {}
+    results = {"split": split, "refit": {}, "full_probe": {}, "dropped": {}, **{kind: {} for kind in extra}}
+    for name, keep_of in tqdm(subsets.sweep_cases(seq, config.seed), desc=f"sequence subsets ({split})", unit="subset"):
         keep_tr, keep_te = keep_of(train.present), keep_of(test.present)
         # A sample with none of the subset's sequences has nothing to show the model: left out, counted.
         tr, te = keep_tr.any(1), keep_te.any(1)
@@ -111,6 +125,8 @@ def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_pr
         probe = fit_probe(f_tr, train.label[tr], c_grid(config))
         results["refit"][name] = scored(probe, f_te, test.label[te], 0)
         results["full_probe"][name] = scored(full_probe, f_te, test.label[te], 0)
+        for kind, score in extra.items():
+            results[kind][name] = score(f_tr, train.label[tr], f_te, test.label[te])
     return results
 
 
@@ -121,24 +137,26 @@ def initial_backbone(config):
     return graphdef, params, "initial weights" if config.model.init_from else "random init"
 
 
-def initial_comparison(config, splits: dict[str, Split], trained_probs: dict[str, np.ndarray]) -> dict:
+def initial_comparison(config, splits: dict[str, Split], trained_probs: dict[str, np.ndarray], cache,
+                       out_dir: Path) -> dict:
     """The same probe protocol on the backbone the run started from, on each split of `trained_probs` (the
     evaluated backbone's probabilities), with the paired-bootstrap CI of the MCC difference (evaluated minus
-    initial) on the same subjects."""
+    initial) on the same subjects; and the selected protocols (eval/protocols.py, plots in `out_dir`)."""
     graphdef, params, name = initial_backbone(config)
     initial = FeatureExtractor(graphdef, params, config.data.sequences.split(","), config.eval.batch_size)
     train = splits["train"]
-    initial_probe = fit_probe(initial(train.images, train.present, f"train ({name})")["cls"], train.label,
-                              c_grid(config))
+    feats = {"train": initial(train.images, train.present, f"train ({name})")["cls"]}
+    initial_probe = fit_probe(feats["train"], train.label, c_grid(config))
     out = {"name": name, "probe": {"c": initial_probe.c}, "splits": {}, "difference": {}}
     for split, probs in trained_probs.items():
         data = splits[split]
-        feats = initial(data.images, data.present, f"{split} ({name})")["cls"]
-        out["splits"][split] = scored(initial_probe, feats, data.label, config.eval.bootstrap, config.seed)
+        feats[split] = initial(data.images, data.present, f"{split} ({name})")["cls"]
+        out["splits"][split] = scored(initial_probe, feats[split], data.label, config.eval.bootstrap, config.seed)
         diff, low, high = metrics_lib.paired_bootstrap_difference(
-            data.label, probs, initial_probe.predict_proba(feats, num_classes=len(CLASS_NAMES)), "mcc",
+            data.label, probs, initial_probe.predict_proba(feats[split], num_classes=len(CLASS_NAMES)), "mcc",
             max(config.eval.bootstrap, 1), config.seed)
         out["difference"][split] = {"mcc": diff, "ci": [low, high]}
+    out["protocols"] = run_protocols(config, cache, splits, feats, initial, graphdef, params, initial_probe, out_dir)
     return out
 
 
@@ -150,17 +168,20 @@ def attention_examples(backbone, splits: dict[str, Split], split: str, sequences
     return images, attention_maps(backbone, sequences)(images, data.present[rows]), [CLASS_NAMES[int(data.label[r])] for r in rows]
 
 
-def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, export_dir: str = "") -> dict:
-    """Full evaluation of one backbone; writes DIR/eval (and the classifier to `export_dir`), returns the metrics."""
+def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, export_dir: str = "",
+                      overwrite: bool = False) -> dict:
+    """Full evaluation of one backbone; writes DIR/eval (and the classifier to `export_dir`, replacing one there
+    with `overwrite`), returns the metrics."""
     out = Path(workdir) / "eval"
     cache = ensure_cache(config.data, workdir, config.seed)
     splits = load_splits(config, cache)
     seq = config.data.sequences.split(",")
     extractor = FeatureExtractor(backbone_def, params, seq, config.eval.batch_size)
     train = splits["train"]
-    full_probe = fit_probe(extractor(train.images, train.present, "train")["cls"], train.label, c_grid(config))
+    feats = {name: extractor(data.images, data.present, name)["cls"] for name, data in splits.items()}
+    full_probe = fit_probe(feats["train"], train.label, c_grid(config))
     if export_dir:
-        export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq)
+        export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq, overwrite)
     payload = {"config": json.loads(config.to_json_best_effort()), "step": int(step), "sequences": seq,
                "probe": {"c": full_probe.c, "selection": full_probe.selection}, "splits": {},
                "n_train_labeled": len(train.label)}
@@ -169,18 +190,19 @@ def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, exp
         if name not in splits:
             continue
         data = splits[name]
-        feats = extractor(data.images, data.present, name)["cls"]
-        payload["splits"][name] = scored(full_probe, feats, data.label, config.eval.bootstrap, config.seed)
-        probs = trained_probs[name] = full_probe.predict_proba(feats, num_classes=len(CLASS_NAMES))
+        payload["splits"][name] = scored(full_probe, feats[name], data.label, config.eval.bootstrap, config.seed)
+        probs = trained_probs[name] = full_probe.predict_proba(feats[name], num_classes=len(CLASS_NAMES))
         plots[f"roc_{name}.png"] = report.plot_roc(out / f"roc_{name}.png", data.label, probs)
         plots[f"confusion_{name}.png"] = report.plot_confusion(
             out / f"confusion_{name}.png", payload["splits"][name]["confusion"])
     if config.eval.compare_init:
-        payload["initial"] = initial_comparison(config, splits, trained_probs)
+        payload["initial"] = initial_comparison(config, splits, trained_probs, cache, out / "initial")
     sweep_split = "test" if "test" in splits else "val"
-    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split)
+    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split, sweep_scorers(config))
     report.plot_subset_heatmap(out / "subsets_refit.png", payload["sweep"]["refit"])
     report.plot_subset_heatmap(out / "subsets_full_probe.png", payload["sweep"]["full_probe"])
+    payload.update(run_protocols(config, cache, splits, feats, extractor, backbone_def, params, full_probe, out,
+                                 payload["sweep"]))
     jsonl = Path(workdir) / "metrics.jsonl"
     if jsonl.is_file():
         report.plot_training_curves(out / "training_curves.png", jsonl)
@@ -197,14 +219,19 @@ def load_backbone(config, workdir: str, checkpoint: str = ""):
         backbone, _, _ = model_io.load_model(checkpoint)
         graphdef, params = nnx.split(backbone)
         return graphdef, params, 0
+    if checkpoint and not checkpoint.isdigit():
+        raise FileNotFoundError(f"--checkpoint {checkpoint} is neither a step of {workdir}/checkpoints nor a model "
+                                "directory (with model.json)")
     learner = build_learner(config)
     checkpoints = ckpt_lib.RunCheckpoints(workdir)
-    step = int(checkpoint) if checkpoint else (checkpoints.best_step() or checkpoints.latest_step())
+    step = checkpoints.checked(int(checkpoint)) if checkpoint else checkpoints.usable_step(prefer_best=True)
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first, or pass "
+        checkpoints.close()
+        raise FileNotFoundError(f"no usable checkpoint in {workdir}/checkpoints: train first, or pass "
                                 "--checkpoint MODEL_DIR")
     abstract = jax.eval_shape(learner["init"], learner["student"])
     try:
+        checkpoints.check_same_model(step, config)
         state, _ = checkpoints.restore_state(step, abstract)
     except (ValueError, KeyError) as err:
         raise ValueError(f"checkpoint step {step} in {workdir} does not fit the config's model "
@@ -249,13 +276,21 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     if f.config is None or not f.workdir:
         raise app.UsageError("--config and --workdir are required (or --compare DIR ...)")
+    if f.export:
+        check_export_dir(f.export, f.overwrite)
     graphdef, params, step = load_backbone(f.config, f.workdir, f.checkpoint)
-    payload = evaluate_backbone(f.config, f.workdir, graphdef, params, step, export_dir=f.export)
+    payload = evaluate_backbone(f.config, f.workdir, graphdef, params, step, export_dir=f.export, overwrite=f.overwrite)
     print(summary_line(payload, f.workdir))
     if f.export:
         print(f"classifier: {f.export} (python -m mmdino_jax.predict --model {f.export} --input PATH)")
 
 
+def cli(argv=None) -> None:
+    """The command line (flags defined on first use); errors end in one line (``cli_errors``)."""
+    if "export" not in flags.FLAGS:
+        define_flags()
+    run_cli(lambda args: main(parse_absl_flags(args)), argv, prog="python -m mmdino_jax.evaluate")
+
+
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli()

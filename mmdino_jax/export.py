@@ -7,6 +7,10 @@ An artifact directory (written by ``python -m mmdino_jax.evaluate ... --export D
 - ``probe.npz``       the logistic-regression probe on the backbone's CLS vector (plain arrays, no pickle).
 - ``classifier.json`` format, version, class names, sequences (input channel order), preprocessing,
                       the evaluation's batch size, the training config and the step it came from.
+- ``SHA256SUMS``      checksums of all of the above (``checksums``): a corrupt artifact is refused.
+
+Loading checks the schema (``export_schema``) of classifier.json and probe.npz against each other and the
+backbone before reading any weight, then the checksums.
 
 Prediction at the evaluation's batch size reproduces evaluation bit for bit: XLA's float32 rounding
 depends on the batch shape, and the probe's standardisation can magnify a 1-ulp feature difference.
@@ -15,18 +19,21 @@ depends on the batch shape, and the probe's standardisation can magnify a 1-ulp 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flax import nnx
 
-from mmdino_jax import model_io
+from mmdino_jax import checksums, model_io
 from mmdino_jax.constants import CLASS_NAMES, sequence_indices
 from mmdino_jax.data.augment import MEAN, STD
 from mmdino_jax.data.pipeline import AXIAL
 from mmdino_jax.data.prepare import CROP
 from mmdino_jax.eval.probe import Probe
+from mmdino_jax.export_schema import ArtifactError, check_backbone, check_document, check_probe
 from mmdino_jax.models.vit import DinoViT
 
 FORMAT = "mmdino_jax.classifier"
@@ -34,9 +41,8 @@ VERSION = 2  # 2: preprocessing.spacing_mm (physical field of view)
 SLICE_RULE = "largest axial tumour slice"
 HOW_TO_EXPORT = "export one with `python -m mmdino_jax.evaluate --config CFG --workdir RUN --export DIR`"
 
-
-class ArtifactError(ValueError):
-    """An artifact directory that cannot be used; the message says what is wrong and how to fix it."""
+__all__ = ["ArtifactError", "Classifier", "export_classifier", "check_export_dir", "load_classifier"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,11 +79,26 @@ def preprocessing(eval_size: int, spacing: float) -> dict[str, Any]:
             "resize": "bicubic antialiased", "mean": MEAN, "std": STD}
 
 
-def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step: int, sequences) -> Path:
-    """Write the artifact to ``out_dir`` (which must not hold one already); returns its path."""
+def check_export_dir(out_dir, overwrite: bool = False) -> Path:
+    """FileExistsError (before any work) unless ``out_dir`` can receive an artifact: it must not hold one,
+    unless ``overwrite``, and must not be a file or a non-empty directory of something else."""
     out = Path(out_dir).absolute()
     if (out / "classifier.json").exists():
-        raise FileExistsError(f"{out} already holds a classifier; choose a new directory or delete it")
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds a classifier; choose a new directory, delete it, "
+                                  "or pass --overwrite")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty directory or a classifier; choose a new directory")
+    return out
+
+
+def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step: int, sequences,
+                      overwrite: bool = False) -> Path:
+    """Write the artifact to ``out_dir``, which must not hold one already unless ``overwrite`` (the old one is then
+    replaced); returns its path."""
+    out = check_export_dir(out_dir, overwrite)
+    if (out / "classifier.json").exists():
+        shutil.rmtree(out)
     sequences = list(sequences.split(",") if isinstance(sequences, str) else sequences)
     sequence_indices(sequences)
     backbone = nnx.merge(backbone_def, params)
@@ -93,6 +114,7 @@ def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step:
            "probe": {"c": float(probe.c), "features": "teacher CLS"},
            "config": json.loads(config.to_json_best_effort())}
     (out / "classifier.json").write_text(json.dumps(doc, indent=2) + "\n")
+    checksums.write_manifest(out)
     return out
 
 
@@ -105,24 +127,24 @@ def read_classifier_json(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{file} not found: {path} is not a classifier artifact; {HOW_TO_EXPORT}")
     try:
         doc = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{file} is not valid JSON ({err}); re-export the classifier") from err
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{file} holds a {type(doc).__name__}, not a JSON object; re-export the classifier")
     if doc.get("format") != FORMAT:
         raise ArtifactError(f"{file} has format {doc.get('format')!r}, expected {FORMAT!r}; {HOW_TO_EXPORT}")
     if doc.get("version") != VERSION:
         raise ArtifactError(f"{file} is version {doc.get('version')!r}, this mmdino_jax reads version {VERSION}; "
                             "re-export it with this version (or use the mmdino_jax that wrote it)")
     missing = [k for k in ("class_names", "sequences", "preprocessing", "batch_size") if k not in doc]
-    missing += [f"preprocessing.{k}" for k in ("spacing_mm",) if k not in doc.get("preprocessing", {})]
+    prep = doc.get("preprocessing")
+    missing += [f"preprocessing.{k}" for k in ("spacing_mm",) if isinstance(prep, dict) and k not in prep]
     if missing:
         raise ArtifactError(f"{file} lacks {missing}; re-export the classifier")
+    check_document(doc, file)
     if doc["preprocessing"].get("crop") != CROP or doc["preprocessing"].get("axis") != AXIAL:
         raise ArtifactError(f"{file} was made with crop {doc['preprocessing'].get('crop')} on axis "
                             f"{doc['preprocessing'].get('axis')}; this mmdino_jax crops {CROP} px on axis {AXIAL}")
-    try:
-        sequence_indices(doc["sequences"])
-    except ValueError as err:
-        raise ArtifactError(f"{file}: {err}") from err
     for name, hint in (("probe.npz", "the probe"), ("backbone/model.json", "the backbone")):
         if not (path / name).is_file():
             raise ArtifactError(f"{path / name} not found: the artifact lacks {hint}; re-export the classifier")
@@ -134,15 +156,23 @@ def load_classifier(path) -> Classifier:
     path = Path(path).expanduser().absolute()
     doc = read_classifier_json(path)
     try:
+        backbone_meta = model_io.read_meta(path / "backbone")
+        embed_dim = int(backbone_meta["config"]["embed_dim"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{path / 'backbone' / 'model.json'} is broken ({err}); re-export the classifier") from None
+    check_backbone(doc, backbone_meta, path / "classifier.json", path / "backbone" / "model.json")
+    try:
         probe = Probe.load_npz(path / "probe.npz")
     except (OSError, ValueError, KeyError) as err:
         raise ArtifactError(f"cannot read {path / 'probe.npz'} ({err}); re-export the classifier") from err
+    check_probe(probe, embed_dim, len(doc["class_names"]), path / "probe.npz")
+    if not (path / "backbone" / "state").is_dir():
+        raise ArtifactError(f"{path / 'backbone' / 'state'} not found: the artifact lacks the backbone weights; "
+                            "re-export the classifier")
+    if not checksums.has_manifest(path):
+        log.warning("%s has no %s (exported before checksums): its integrity cannot be checked",
+                    path, checksums.MANIFEST)
+    elif problems := checksums.manifest_problems(path):
+        raise ArtifactError(f"{path} is corrupt: {'; '.join(problems[:3])}; re-export the classifier")
     backbone, _, _ = model_io.load_model(path / "backbone")
-    dim = backbone.cfg.embed_dim
-    if probe.mean.shape[0] != dim or probe.coef.shape[1] != dim:
-        raise ArtifactError(f"{path / 'probe.npz'} expects {probe.mean.shape[0]} features but the backbone's "
-                            f"embed_dim is {dim}: probe and backbone come from different runs; re-export")
-    if probe.classes.max() >= len(doc["class_names"]):
-        raise ArtifactError(f"{path / 'probe.npz'} predicts class {probe.classes.max()} but classifier.json "
-                            f"names {len(doc['class_names'])} classes; re-export the classifier")
     return Classifier(backbone, probe, doc)

@@ -1,4 +1,5 @@
-"""Model directories: `model.json` (configs, sequences, provenance) + `state/` (Orbax) for a backbone and head.
+"""Model directories: `model.json` (configs, sequences, provenance) + `state/` (Orbax) for a backbone and head,
+and `SHA256SUMS` (`checksums`), checked before the weights are read.
 
 Written by `python -m weights_conversion` and by training exports; read by `model.init_from` and evaluation.
 """
@@ -13,6 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from mmdino_jax import checksums
+from mmdino_jax.cli_errors import CorruptFileError
 from mmdino_jax.models.heads import DINOHead
 from mmdino_jax.models.vit import DinoViT, ViTConfig
 
@@ -49,6 +52,7 @@ def save_model(
         ckpt.save(path / "state", tree)
         ckpt.wait_until_finished()
     (path / "model.json").write_text(text + "\n")
+    checksums.write_manifest(path)
     return path
 
 
@@ -59,7 +63,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{file} not found: not a model directory (make one with `python -m weights_conversion SRC DST`)"
         )
-    doc = json.loads(file.read_text())
+    try:
+        doc = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is not valid JSON ({err}); re-create the model directory") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{file} holds a {type(doc).__name__}, not a JSON object; re-create the model directory")
     if doc.get("format") != FORMAT or doc.get("version", 0) > VERSION:
         raise ValueError(f"{file}: unsupported model format {doc.get('format')!r} v{doc.get('version')}")
     return doc
@@ -69,6 +78,10 @@ def load_model(path: str | Path) -> tuple[DinoViT, DINOHead | None, dict[str, An
     """Rebuild the backbone (and head, if saved) from a model directory; `meta` is model.json minus configs."""
     path = Path(path).absolute()
     doc = read_meta(path)
+    if not (path / "state").is_dir():
+        raise FileNotFoundError(f"{path / 'state'} not found: the model directory lacks its weights")
+    if checksums.has_manifest(path) and (problems := checksums.manifest_problems(path)):
+        raise CorruptFileError(f"model directory {path} is corrupt: {'; '.join(problems[:3])}")
     cfg = ViTConfig.from_dict(doc["config"])
     head_cfg = doc.get("head")
     abs_backbone = nnx.eval_shape(lambda: DinoViT(cfg))

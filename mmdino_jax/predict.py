@@ -1,11 +1,14 @@
 """Predict the glioma subtype of new subjects with an exported classifier (``evaluate --export DIR``).
 
     python -m mmdino_jax.predict --model DIR --input PATH [--layout mmdino] [--output results.csv|results.json]
-        [--attention-maps OUTDIR] [--center x,y,z] [--batch-size N]
+        [--attention-maps OUTDIR] [--center x,y,z] [--batch-size N] [--slices K [--aggregate probs|features]]
 
 PATH is a cohort root or one subject folder in any supported layout. Each subject goes through exactly the
 evaluation view: largest axial tumour slice of the segmentation, resampled in-plane to the classifier's
 spacing (1 mm unless trained otherwise), 96x96 crop around its tumour centre, percentile scaling, resize and normalisation; sequences the subject lacks are masked as in training.
+With ``--slices K`` a subject is the K largest tumour slices of each axis (evaluation's subject level,
+``eval/multislice.py``): the mean of the probe's probabilities over them, or (``--aggregate features``) the probe
+on their mean CLS feature; the attention maps show the largest axial slice.
 Without a segmentation, ``--center x,y,z`` (0-based voxel coordinates of the image files, one subject) gives
 the axial slice z and the crop centre (x, y). A subject that cannot be used gets a row with the reason; the
 others are still predicted. Without ``--output`` the CSV goes to stdout.
@@ -25,24 +28,30 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from mmdino_jax.cli_errors import negative_values_attached, run_cli
 from mmdino_jax.constants import SEQUENCES, sequence_indices
 from mmdino_jax.data.augment import eval_view
+from mmdino_jax.data.blank import blank_note
 from mmdino_jax.data.cohort import LAYOUTS, Subject, discover
 from mmdino_jax.data.pipeline import AXIAL
 from mmdino_jax.data.prepare import SubjectError, crop_axis, read_images, read_subject, voxel_sizes
+from mmdino_jax.eval import multislice
 from mmdino_jax.eval.extract import FeatureExtractor, attention_maps
 from mmdino_jax.eval.report import plot_attention_maps
-from mmdino_jax.export import ArtifactError, Classifier, load_classifier
+from mmdino_jax.export import Classifier, load_classifier
+from mmdino_jax.run_checks import check_output_dir, check_output_file
 
 OUTPUT_FORMATS = (".csv", ".json")
+NAN_FEATURES = "the backbone produced NaN/inf features for this subject; check the model's weights"
 
 
 @dataclass
 class View:
-    """One subject's model input: image (S, size, size), present (S,) over the model's sequences."""
+    """One subject's model input: images (M, S, size, size) (the first: its largest axial slice), present (S,)
+    over the model's sequences."""
 
     subject: str
-    image: np.ndarray
+    images: np.ndarray
     present: np.ndarray
     axial_slice: int
     note: str = ""
@@ -90,14 +99,16 @@ def canonical_centre(image_path: Path, canonical_affine: np.ndarray, centre) -> 
     return tuple(int(v) for v in np.rint(voxel[:3]))
 
 
-def largest_axial_crop(subject: Subject, spacing: float, centre=None) -> tuple[np.ndarray, int, int]:
-    """(crop (4, 96, 96) float32 at ``spacing`` mm exactly as the cache holds it, axial slice index, non-finite
-    voxels zeroed).
+def subject_crops(subject: Subject, spacing: float, centre=None, slices: int = 0
+                  ) -> tuple[np.ndarray, int, int, list[str]]:
+    """(crops (M, 4, 96, 96) float32 at ``spacing`` mm exactly as the cache holds them, axial slice index,
+    non-finite voxels zeroed, blank sequences (``data.blank``, zeroed like missing ones)): the largest axial
+    slice (M = 1), or with ``slices`` K > 0 the K largest tumour slices of each axis, the largest axial first.
 
     With ``centre`` the tumour mask is that single voxel, so the slice is its z and the crop is centred on it.
     """
     if centre is not None:
-        volumes, affine, nonfinite = read_images(subject)
+        volumes, affine, nonfinite, blank = read_images(subject)
         voxel_mm = voxel_sizes(affine)
         first = next(p for p in subject.images.values() if p is not None)
         mask = np.zeros(volumes.shape[1:], bool)
@@ -106,13 +117,15 @@ def largest_axial_crop(subject: Subject, spacing: float, centre=None) -> tuple[n
         raise SubjectError("no segmentation file: segment the tumour, or pass --center x,y,z (voxel "
                            "coordinates of the tumour centre) with this subject's folder as --input")
     else:
-        volumes, mask, nonfinite, voxel_mm = read_subject(subject)
+        volumes, mask, nonfinite, voxel_mm, blank = read_subject(subject)
     # Only the largest slice passes this threshold: the row that evaluation reads (CachedSplit.largest_axial).
     crops, _, rows = crop_axis(volumes, mask, AXIAL, mask.size + 1, voxel_mm, spacing)
-    return crops[0].astype(np.float32), int(rows[0, 1]), nonfinite
+    if slices:
+        crops = multislice.crop_largest_slices(volumes, mask, slices, voxel_mm, spacing)
+    return crops.astype(np.float32), int(rows[0, 1]), nonfinite, blank
 
 
-def subject_view(subject: Subject, clf: Classifier, centre=None) -> View:
+def subject_view(subject: Subject, clf: Classifier, centre=None, slices: int = 0) -> View:
     """The model input of one subject; SubjectError says why a subject cannot be used."""
     seq = list(sequence_indices(clf.sequences))
     present = np.asarray(subject.present)[seq]
@@ -120,10 +133,13 @@ def subject_view(subject: Subject, clf: Classifier, centre=None) -> View:
         have = [s for s in SEQUENCES if subject.images[s] is not None]
         raise SubjectError(f"none of the model's sequences ({','.join(clf.sequences)}) found, only {have}")
     prep = clf.preprocessing
-    crop, axial_slice, nonfinite = largest_axial_crop(subject, prep["spacing_mm"], centre)
-    image = eval_view(crop[seq], present, prep["size"], prep["mean"], prep["std"])
-    note = f"{nonfinite} non-finite voxels set to 0" if nonfinite else ""
-    return View(subject.id, image, present, axial_slice, note)
+    crops, axial_slice, nonfinite, blank = subject_crops(subject, prep["spacing_mm"], centre, slices)
+    present = present & np.array([s not in blank for s in clf.sequences])
+    if not present.any():
+        raise SubjectError(f"none of the model's sequences ({','.join(clf.sequences)}) is usable: {blank_note(blank)}")
+    images = np.stack([eval_view(c[seq], present, prep["size"], prep["mean"], prep["std"]) for c in crops])
+    notes = [*subject.notes, f"{nonfinite} non-finite voxels set to 0" if nonfinite else "", blank_note(blank)]
+    return View(subject.id, images, present, axial_slice, "; ".join(n for n in notes if n))
 
 
 def result_row(clf: Classifier, subject: str, probs=None, view: View | None = None, reason: str = "") -> dict:
@@ -134,6 +150,7 @@ def result_row(clf: Classifier, subject: str, probs=None, view: View | None = No
     row.update({f"p_{name}": p for name, p in zip(clf.class_names, values)})
     row["sequences"] = [] if view is None else [s for s, k in zip(clf.sequences, view.present) if k]
     row["axial_slice"] = None if view is None else view.axial_slice
+    row["slices"] = None if view is None else len(view.images)
     row["reason"] = reason or (view.note if view else "")
     return row
 
@@ -142,36 +159,50 @@ def plot_subject(out_dir: Path, clf: Classifier, view: View, attn: np.ndarray, r
     """PNG of the slice of each present sequence with the CLS attention over it."""
     used = np.flatnonzero(view.present)
     title = f"{row['prediction']} ({row['p_' + row['prediction']]:.2f})"
-    return plot_attention_maps(out_dir / f"{view.subject}.png", view.image[None, used], attn[None, used],
+    return plot_attention_maps(out_dir / f"{view.subject}.png", view.images[:1, used], attn[None, used],
                                [title], [clf.sequences[i] for i in used])
 
 
 def classify(clf: Classifier, extractor: FeatureExtractor, views: list[View], attend=None,
-             attention_dir: Path | None = None) -> list[dict]:
-    """Rows of a batch of usable subjects; with ``attend`` (:func:`attention_maps`), their PNGs too."""
+             attention_dir: Path | None = None, aggregate: str = "probs") -> list[dict]:
+    """Rows of a batch of usable subjects (several slices each: combined by ``aggregate``, see
+    multislice.subject_probs); with ``attend`` (:func:`attention_maps`), their PNGs too."""
     if not views:
         return []
-    images, keep = np.stack([v.image for v in views]), np.stack([v.present for v in views])
-    probs = clf.probe.predict_proba(extractor(images, keep)["cls"], num_classes=len(clf.class_names))
-    rows = [result_row(clf, v.subject, p, v) for v, p in zip(views, probs)]
+    owner = np.repeat(np.arange(len(views)), [len(v.images) for v in views])
+    present = np.stack([v.present for v in views])
+    feats = extractor(np.concatenate([v.images for v in views]), present[owner])["cls"]
+    broken = np.zeros(len(views), bool)  # a NaN feature is a broken model, never a probability
+    np.logical_or.at(broken, owner, ~np.isfinite(feats).all(axis=1))
+    probs = [None] * len(views)
+    if not broken.all():
+        keep = ~broken[owner]
+        good = np.flatnonzero(~broken)
+        got = multislice.subject_probs(clf.probe, feats[keep], (np.cumsum(~broken) - 1)[owner[keep]], len(good),
+                                       aggregate, len(clf.class_names))
+        for i, p in zip(good, got):
+            probs[i] = p
+    rows = [result_row(clf, v.subject, view=v, reason=NAN_FEATURES) if p is None else result_row(clf, v.subject, p, v)
+            for v, p in zip(views, probs)]
     if attend is not None:
-        for v, a, row in zip(views, attend(images, keep), rows):
+        for v, a, row in zip(views, attend(np.stack([v.images[0] for v in views]), present), rows):
             plot_subject(attention_dir, clf, v, a, row)
     return rows
 
 
-def try_view(subject: Subject, clf: Classifier, centre) -> View | dict:
+def try_view(subject: Subject, clf: Classifier, centre, slices: int = 0) -> View | dict:
     """The subject's View, or its error row."""
     try:
-        return subject_view(subject, clf, centre)
+        return subject_view(subject, clf, centre, slices)
     except SubjectError as err:
         return result_row(clf, subject.id, reason=str(err))
 
 
 def predict(clf: Classifier, subjects: list[Subject], centre=None, batch_size: int | None = None,
-            attention_dir: Path | None = None) -> list[dict]:
+            attention_dir: Path | None = None, slices: int = 0, aggregate: str = "probs") -> list[dict]:
     """Rows (see :func:`result_row`) in the order of ``subjects``, ``batch_size`` subjects per forward pass
-    (default: the evaluation's, which reproduces its probabilities exactly)."""
+    (default: the evaluation's, which reproduces its probabilities exactly); ``slices`` K > 0: the subject
+    level over the K largest tumour slices of each axis, combined by ``aggregate``."""
     batch_size = batch_size or clf.batch_size
     graphdef, params = nnx.split(clf.backbone)
     extractor = FeatureExtractor(graphdef, params, clf.sequences, batch_size)
@@ -179,9 +210,9 @@ def predict(clf: Classifier, subjects: list[Subject], centre=None, batch_size: i
     rows = []
     with tqdm(total=len(subjects), desc="predict", unit="subject") as progress:
         for start in range(0, len(subjects), batch_size):
-            items = [try_view(s, clf, centre) for s in subjects[start:start + batch_size]]
+            items = [try_view(s, clf, centre, slices) for s in subjects[start:start + batch_size]]
             good = [v for v in items if isinstance(v, View)]
-            done = iter(classify(clf, extractor, good, attend, attention_dir))
+            done = iter(classify(clf, extractor, good, attend, attention_dir, aggregate))
             rows += [next(done) if isinstance(v, View) else v for v in items]
             progress.update(len(items))
     return rows
@@ -207,22 +238,27 @@ def write_results(rows: list[dict], out, clf: Classifier, model_dir: Path) -> No
 
 def run(args) -> list[dict]:
     """Everything after argument parsing; ValueError (incl. ArtifactError) for unusable input."""
+    if args.output:
+        check_output_file(args.output, "--output")
     clf = load_classifier(args.model)
     path = Path(args.input).expanduser().absolute()
     subjects, skipped = find_subjects(path, args.layout)
     if args.center is not None and len(subjects) + len(skipped) > 1:
         raise ValueError(f"--center is one tumour centre, but {path} holds {len(subjects) + len(skipped)} "
                          "subjects; pass a single subject folder as --input")
-    attention_dir = Path(args.attention_maps) if args.attention_maps else None
-    if attention_dir:
-        attention_dir.mkdir(parents=True, exist_ok=True)
-    rows = predict(clf, subjects, args.center, args.batch_size, attention_dir)
+    attention_dir = check_output_dir(args.attention_maps, "--attention-maps") if args.attention_maps else None
+    rows = predict(clf, subjects, args.center, args.batch_size, attention_dir, args.slices, args.aggregate)
     rows += [result_row(clf, s["subject"], reason=s["reason"]) for s in skipped]
     write_results(rows, args.output, clf, Path(args.model))
     return rows
 
 
 def main(argv=None) -> list[dict]:
+    """The command line; errors end in one line and exit status 2 (``cli_errors``)."""
+    return run_cli(_main, argv, prog="python -m mmdino_jax.predict")
+
+
+def _main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="classifier directory (evaluate --export DIR)")
     parser.add_argument("--input", required=True, help="cohort root or one subject folder")
@@ -233,15 +269,19 @@ def main(argv=None) -> list[dict]:
                         help="tumour centre in voxels (one subject; replaces the segmentation)")
     parser.add_argument("--batch-size", type=int, help="subjects per forward pass (default: the evaluation's, "
                         "which reproduces its probabilities exactly; others change float32 rounding)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--slices", type=int, default=0, metavar="K",
+                        help="subject level: the K largest tumour slices of each axis (default 0: the largest "
+                             "axial slice, as evaluation's single-slice numbers)")
+    parser.add_argument("--aggregate", choices=multislice.AGGREGATES, default="probs",
+                        help="with --slices: mean of the probabilities (default) or probe on the mean feature")
+    args = parser.parse_args(negative_values_attached(argv, ("--center",)))
     if args.output and Path(args.output).suffix not in OUTPUT_FORMATS:
         parser.error(f"--output {args.output}: use a .csv or .json file name")
+    if args.slices < 0:
+        parser.error(f"--slices must be >= 0, got {args.slices}")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    try:
-        rows = run(args)
-    except (ArtifactError, ValueError, FileExistsError) as err:
-        parser.exit(2, f"error: {err}\n")
+    rows = run(args)
     failed = sum(r["status"] != "ok" for r in rows)
     print(f"predicted {len(rows) - failed} subject(s), {failed} could not be used"
           + (f"; results: {args.output}" if args.output else ""), file=sys.stderr)

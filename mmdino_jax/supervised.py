@@ -30,6 +30,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from mmdino_jax import evaluate, model_io, optim
+from mmdino_jax.cli_errors import parse_absl_flags, run_cli
 from mmdino_jax.constants import CLASS_NAMES, sequence_indices
 from mmdino_jax.learner import optimizer_config
 from mmdino_jax.models.build import build_models
@@ -171,4 +172,4 @@ def main(argv) -> None:
 if __name__ == "__main__":
     define_flags()
     flags.mark_flag_as_required("config")
-    app.run(main)
+    run_cli(lambda argv: main(parse_absl_flags(argv)), prog="python -m mmdino_jax.supervised")

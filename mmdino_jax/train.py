@@ -14,12 +14,13 @@ from pathlib import Path
 import jax
 import jax.experimental.multihost_utils
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
 from mmdino_jax import checkpoint as ckpt_lib
-from mmdino_jax import evaluate, sharding
+from mmdino_jax import evaluate, run_checks, sharding
+from mmdino_jax.cli_errors import parse_absl_flags, run_cli
 from mmdino_jax.data import pipeline
 from mmdino_jax.data.setup import ensure_cache
 from mmdino_jax.eval.extract import FeatureExtractor
@@ -27,11 +28,14 @@ from mmdino_jax.learner import build_learner
 from mmdino_jax.run_log import RunLog, quiet_library_logs
 from mmdino_jax.ssl import signals
 from mmdino_jax.ssl import step as step_lib
+from mmdino_jax.workdir_lock import WorkdirLock
+
 
 def define_flags() -> None:
     """Command-line flags (defined only when run as a program, so the module imports cleanly)."""
-    config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
-    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, TensorBoard, cache.")
+    if "workdir" not in flags.FLAGS:  # shared with the evaluation CLI when both run in one process (tests)
+        config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).", lock_config=True)
+        flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, TensorBoard, cache.")
     flags.DEFINE_enum("distributed", "none", ["none", "auto", "explicit"],
                       "Multi-process start-up: auto = detect TPU VM / SLURM; explicit = the flags below "
                       "(implied by --coordinator_address).")
@@ -112,9 +116,9 @@ def train(config, workdir: str, run: dict, evaluate_fn=None) -> dict:
     """
     checkpoints = ckpt_lib.RunCheckpoints(workdir, config.keep_checkpoints)
     state, iterator = run["state"], run["iterator"]
-    start = checkpoints.latest_step() or 0
+    start, restored = checkpoints.restore_latest(ckpt_lib.abstract(state), iterator, config)
     if start:
-        state, _ = checkpoints.restore(start, ckpt_lib.abstract(state), iterator)
+        state = restored
         tqdm.write(f"resumed from step {start} ({workdir}/checkpoints)")
     meta = {"config": json.loads(config.to_json_best_effort()), "fresh_params": run["fresh"]}
     # Made in-graph: device_put cannot target devices of other processes.
@@ -140,8 +144,8 @@ def train(config, workdir: str, run: dict, evaluate_fn=None) -> dict:
             values = {k: float(v) for k, v in jax.device_get(metrics).items()}
             if not np.isfinite(values["loss"]):
                 raise NonFiniteLoss(
-                    f"non-finite loss at step {done}: {values}; the last good checkpoint "
-                    f"(step {checkpoints.latest_step()}) in {workdir}/checkpoints is intact. "
+                    f"non-finite loss at step {done}: {values}; the newest checkpoint "
+                    f"(step {checkpoints.latest_step()}) in {workdir}/checkpoints is from before it. "
                     "Lower optim.base_lr or use model.dtype=float32, then restart.")
             now = time.perf_counter()
             values["lr"] = float(run["lr"][min(step // config.optim.grad_accum_steps, len(run["lr"]) - 1)])
@@ -190,7 +194,7 @@ def final_evaluation(config, workdir: str, run: dict) -> None:
         print(f"multi-process run: evaluate with python -m mmdino_jax.evaluate --workdir {workdir} ...")
         return
     checkpoints = ckpt_lib.RunCheckpoints(workdir)
-    step = checkpoints.best_step() or checkpoints.latest_step()
+    step = checkpoints.usable_step(prefer_best=True)
     state, _ = checkpoints.restore_state(step, jax.eval_shape(run["init"], run["student"]))
     checkpoints.close()
     payload = evaluate.evaluate_backbone(config, workdir, run["backbone_def"], state["teacher"]["backbone"], step)
@@ -211,16 +215,25 @@ def main(argv) -> None:
                                     flags.FLAGS.num_processes, flags.FLAGS.process_id)
     print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local devices, "
           f"{jax.device_count()} in all", flush=True)
-    if not flags.FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    run = setup(config, workdir)
-    train(config, workdir, run, validation_fn(config, run) if config.eval_every else None)
-    if config.eval.at_end:
-        final_evaluation(config, workdir, run)
+    config = flags.FLAGS.config
+    run_checks.check_train_config(config, jax.device_count())
+    workdir = run_checks.check_workdir(flags.FLAGS.workdir)
+    with WorkdirLock(workdir, "training", enabled=jax.process_index() == 0):
+        checkpoints = ckpt_lib.RunCheckpoints(workdir)
+        checkpoints.check_resumable(config)  # before the data and the model are built
+        checkpoints.close()
+        run = setup(config, workdir)
+        train(config, workdir, run, validation_fn(config, run) if config.eval_every else None)
+        if config.eval.at_end:
+            final_evaluation(config, workdir, run)
+
+
+def cli(argv=None) -> None:
+    """The command line (flags defined on first use); errors end in one line (``cli_errors``)."""
+    if "distributed" not in flags.FLAGS:
+        define_flags()
+    run_cli(lambda args: main(parse_absl_flags(args)), argv, prog="python -m mmdino_jax.train")
 
 
 if __name__ == "__main__":
-    define_flags()
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    cli()

@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from mmdino_jax.features import main
@@ -27,6 +28,8 @@ def test_features_cli_matches_the_model(tmp_path, capsys):
     assert main(args + ["--output", str(tmp_path / "z.npz"), "--sequences", "flair,t2"]) == 0
     assert not np.allclose(np.load(tmp_path / "z.npz")["cls"], y["cls"], atol=1e-4)
     capsys.readouterr()
-    assert main(args + ["--output", str(tmp_path / "w.npz"), "--sequences", "t1,t2,flair"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--output", str(tmp_path / "w.npz"), "--sequences", "t1,t2,flair"])
+    assert exit_info.value.code == 2
     assert "input must be (N, S=3, H, W)" in capsys.readouterr().err
     assert not (tmp_path / "w.npz").exists()

@@ -18,6 +18,7 @@ from mmdino_jax import evaluate
 from mmdino_jax.config_base import load_config
 from mmdino_jax.constants import CLASS_NAMES, SEQUENCES
 from mmdino_jax.data.setup import ensure_cache
+from mmdino_jax.eval import multislice
 from mmdino_jax.eval.extract import FeatureExtractor
 from mmdino_jax.eval.probe import Probe, fit_probe
 from mmdino_jax.export import VERSION, ArtifactError, export_classifier, load_classifier
@@ -88,6 +89,22 @@ def test_round_trip_matches_evaluation(run, tmp_path):
     size = load_config(SMOKE).data.eval_size
     assert meta["step"] == 7 and meta["preprocessing"]["size"] == size == meta["config"]["data"]["eval_size"]
     assert meta["preprocessing"]["spacing_mm"] == meta["config"]["data"]["spacing"] == 1.0
+
+
+def test_slices_match_the_evaluation_subject_level(run, tmp_path):
+    """--slices K --aggregate features as evaluation's subject level computes it (mean probs: the default path)."""
+    aggregate, out = "features", tmp_path / "results.json"
+    main(["--model", str(run.model), "--input", str(run.cohort / "test"), "--output", str(out), "--slices", "2",
+          "--aggregate", aggregate])
+    rows = {r["subject"]: r for r in json.loads(out.read_text())["subjects"]}
+    size = load_config(SMOKE).data.eval_size
+    images, present, owner, _ = multislice.split_views(run.work / "cache", "test", run.seq, size, 2, labeled_only=False)
+    want = multislice.subject_probs(run.probe, run.extractor(images, present)["cls"], owner, owner.max() + 1,
+                                    aggregate, len(CLASS_NAMES))
+    ids = json.loads((run.work / "cache" / "test" / "index.json").read_text())["ids"]
+    for i, subject in enumerate(ids):
+        assert rows[subject]["slices"] == np.sum(owner == i) > 1
+        np.testing.assert_allclose(probs(rows[subject]), want[i], atol=1e-5)
 
 
 def test_bad_subjects_get_reasons_and_the_rest_is_predicted(run, tmp_path):
@@ -188,7 +205,7 @@ def test_artifact_that_does_not_fit_is_refused(run, tmp_path, capsys):
     wide = Probe(**{**vars(run.probe), "coef": np.zeros((3, dim + 1)), "mean": np.zeros(dim + 1),
                     "scale": np.ones(dim + 1)})
     wide.save_npz(bad / "probe.npz")
-    with pytest.raises(ArtifactError, match=f"expects {dim + 1} features but the backbone's embed_dim is {dim}"):
+    with pytest.raises(ArtifactError, match=f"takes {dim + 1}-dimensional features, but the backbone's embed_dim is {dim}"):
         load_classifier(bad)
     (bad / "probe.npz").unlink()
     with pytest.raises(ArtifactError, match="probe.npz not found"):

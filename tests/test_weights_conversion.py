@@ -29,6 +29,13 @@ def _tokens(model, images, sequences):
     return jnp.concatenate([out["cls"][:, None], out["registers"], out["patch"]], axis=1)
 
 
+def exit_status(argv) -> int:
+    """The converter's exit status on an error (its one-line message goes to stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
 def _check_outputs(model_dir, sd, num_heads=2, head_sd=None):
     backbone, head, meta = load_model(model_dir)
     x = np.random.RandomState(0).rand(2, 4, 56, 56).astype(np.float32)
@@ -193,21 +200,21 @@ def test_errors_name_every_problem(tmp_path, capsys):
     del sd["blocks.0.ls2.gamma"]
     sd["blocks.0.extra.weight"] = np.zeros(3, np.float32)
     src = write_state_dict(tmp_path / "bad.npz", sd)
-    assert main([str(src), str(tmp_path / "m"), "--set", "num_heads=2"]) == 2
+    assert exit_status([str(src), str(tmp_path / "m"), "--set", "num_heads=2"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "blocks.1.attn.proj.weight: shape (64, 10)" in err
     assert "missing blocks.0.ls2.gamma" in err and "unexpected blocks.0.extra.weight" in err
     assert not (tmp_path / "m").exists()
-    assert main([str(tmp_path / "nope.pth"), str(tmp_path / "m")]) == 2
+    assert exit_status([str(tmp_path / "nope.pth"), str(tmp_path / "m")]) == 2
     assert "not found" in capsys.readouterr().err
     good = write_state_dict(tmp_path / "good.npz", ref.random_backbone_sd())
-    assert main([str(good), str(tmp_path / "m"), "--head", "dino", "--set", "num_heads=2"]) == 2
+    assert exit_status([str(good), str(tmp_path / "m"), "--head", "dino", "--set", "num_heads=2"]) == 2
     assert "no dino_head" in capsys.readouterr().err
-    assert main([str(good), str(tmp_path / "m"), "--sequences", "t1,dwi"]) == 2
+    assert exit_status([str(good), str(tmp_path / "m"), "--sequences", "t1,dwi"]) == 2
     assert "unknown MRI sequence" in capsys.readouterr().err
-    assert main([str(good), str(tmp_path / "m"), "--arch", "vitb14"]) == 2
+    assert exit_status([str(good), str(tmp_path / "m"), "--arch", "vitb14"]) == 2
     assert "--arch vitb14 expects {'embed_dim': 768, 'depth': 12" in capsys.readouterr().err
-    assert main([str(good), str(tmp_path / "m"), "--set", "heads=2"]) == 2
+    assert exit_status([str(good), str(tmp_path / "m"), "--set", "heads=2"]) == 2
     assert "unknown ViTConfig field(s) ['heads']" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
@@ -224,7 +231,7 @@ def test_unsafe_and_truncated_files_are_refused(tmp_path, capsys):
     marker = tmp_path / "unpickled"
     evil = tmp_path / "evil.pth"
     torch.save({"cls_token": torch.zeros(1, 1, 64), "payload": _RunsCode(marker)}, evil)
-    assert main([str(evil), str(tmp_path / "m")]) == 2
+    assert exit_status([str(evil), str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert "refused" in err and "arbitrary unpickling" in err and len(err.splitlines()) == 1
     assert not marker.exists() and not (tmp_path / "m").exists()
@@ -232,7 +239,7 @@ def test_unsafe_and_truncated_files_are_refused(tmp_path, capsys):
         whole = write_state_dict(tmp_path / f"ok{suffix}", ref.random_backbone_sd())
         cut = tmp_path / f"cut{suffix}"
         cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-        assert main([str(cut), str(tmp_path / "m")]) == 2
+        assert exit_status([str(cut), str(tmp_path / "m")]) == 2
         err = capsys.readouterr().err.strip()
         assert "unreadable checkpoint (truncated or corrupt?)" in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "m").exists()

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from mmdino_jax.cli_errors import run_cli
 from weights_conversion.convert import HEAD_CHOICES, export_checkpoint, import_checkpoint
 
 
@@ -26,6 +27,11 @@ def _parse_override(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; errors end in one line and exit status 2 (``mmdino_jax.cli_errors``)."""
+    return run_cli(_main, argv, prog="python -m weights_conversion")
+
+
+def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m weights_conversion", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", help="checkpoint file / HF directory, or a model directory to export")
@@ -48,15 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     src = Path(args.src)
-    try:
-        if args.to_torch or (src / "model.json").is_file():
-            out = export_checkpoint(src, args.dst, include_head=not args.no_head, layout=args.layout)
-        else:
-            out = import_checkpoint(src, args.dst, branch=args.branch, head=args.head, sequences=args.sequences,
-                                    seed=args.seed, arch=args.arch, **dict(args.overrides))
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"weights_conversion: error: {e}", file=sys.stderr)
-        return 2
+    if args.to_torch or (src / "model.json").is_file():
+        out = export_checkpoint(src, args.dst, include_head=not args.no_head, layout=args.layout)
+    else:
+        out = import_checkpoint(src, args.dst, branch=args.branch, head=args.head, sequences=args.sequences,
+                                seed=args.seed, arch=args.arch, **dict(args.overrides))
     print(f"wrote {out}")
     return 0
 

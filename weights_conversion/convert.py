@@ -11,12 +11,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mmdino_jax.checksums import file_sha256
 from mmdino_jax.constants import SEQUENCES, sequence_indices
 from mmdino_jax.model_io import load_model, save_model
 from mmdino_jax.models.heads import DINOHead
 from mmdino_jax.models.vit import DinoViT
 from weights_conversion import dinov2
-from weights_conversion.files import read_state_dict, sha256, write_state_dict
+from weights_conversion.files import check_finite, read_state_dict, write_state_dict
 
 HEAD_CHOICES = ("auto", "dino", "ibot", "none")
 
@@ -82,7 +83,7 @@ def import_checkpoint(
     src_path = Path(src)
     provenance = {
         "source": str(src_path.resolve()),
-        "sha256": sha256(src_path) if src_path.is_file() else None,
+        "sha256": file_sha256(src_path) if src_path.is_file() else None,
         "layout": layout,
         "branch": branch,
         "head": head_name,
@@ -105,6 +106,7 @@ def export_checkpoint(
     that HF Dinov2 resamples the positional embedding by size, not with DINOv2's +0.1 offset."""
     backbone, head, _ = load_model(model_dir)
     sd = dinov2.backbone_to_torch(_numpy_tree(backbone), backbone.cfg)
+    check_finite(sd, model_dir)
     if layout == "hf":
         hf_sd, config = dinov2.hub_to_hf(sd, backbone.cfg)
         dst = Path(dst)

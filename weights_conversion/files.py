@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import zipfile
@@ -65,7 +64,13 @@ def read_state_dict(src: str | Path, branch: str = "teacher") -> tuple[dict[str,
     hf_config: dict[str, Any] = {}
     if src.is_dir():
         if (src / "config.json").is_file():
-            hf_config = json.loads((src / "config.json").read_text())
+            try:
+                hf_config = json.loads((src / "config.json").read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{src / 'config.json'} is not valid JSON ({e}); fix it or re-download the "
+                                 "model directory") from None
+            if not isinstance(hf_config, dict):
+                raise ValueError(f"{src / 'config.json'} is not a JSON object; fix it or re-download it")
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (src / name).is_file():
                 src = src / name
@@ -83,8 +88,19 @@ def read_state_dict(src: str | Path, branch: str = "teacher") -> tuple[dict[str,
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, SafetensorError) as e:
         raise ValueError(f"{src}: unreadable checkpoint (truncated or corrupt?): {_first_line(e)}") from None
-    sd = _flatten_tensors(sd, branch)
-    return {k: _to_numpy(v) for k, v in sd.items()}, hf_config
+    sd = {k: _to_numpy(v) for k, v in _flatten_tensors(sd, branch).items()}
+    check_finite(sd, src)
+    return sd, hf_config
+
+
+def check_finite(sd: dict[str, np.ndarray], src) -> None:
+    """ValueError naming the float tensors of ``sd`` that hold NaN or inf (a broken or diverged checkpoint)."""
+    bad = {k: int(np.count_nonzero(~np.isfinite(v))) for k, v in sd.items()
+           if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all()}
+    if bad:
+        names = ", ".join(f"{k} ({n} values)" for k, n in list(bad.items())[:5])
+        raise ValueError(f"{src}: {len(bad)} tensor(s) hold NaN or inf: {names}; the weights are broken "
+                         "(a diverged run?): convert an earlier checkpoint")
 
 
 def _first_line(e: BaseException) -> str:
@@ -130,10 +146,3 @@ def write_state_dict(dst: str | Path, sd: dict[str, np.ndarray]) -> Path:
         raise ValueError(f"{dst}: unknown output type {suffix!r} (use .pth, .pt, .safetensors or .npz)")
     return dst
 
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

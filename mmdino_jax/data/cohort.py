@@ -11,19 +11,22 @@ of its ``train/``, ``val/``, ``test/`` folders when it has any):
 - ``egd``:       ``<root>[/<split>]/SUBJECTS/EGD-0001/{T1,T1GD,T2,FLAIR,MASK}.nii.gz``.
 
 Labels are matched to subject ids after lower-casing and dropping leading zeros of numbers, so the UCSF-PDGM
-metadata id ``UCSF-PDGM-004`` matches the directory ``UCSF-PDGM-0004_nifti``.
+metadata id ``UCSF-PDGM-004`` matches the directory ``UCSF-PDGM-0004_nifti``. The same key names one subject:
+two folders with one key (``0002`` and ``002``, or one id in two splits) are refused, as train would leak into
+test. An image file that is a broken (dangling or looping) symbolic link counts as missing, with a note.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mmdino_jax.constants import CLASS_NAMES, SEQUENCES, UNLABELED
+from mmdino_jax.data.blank import blank_note
 
 SPLITS = ("train", "val", "test")
 
@@ -67,18 +70,33 @@ LAYOUTS = {
 
 @dataclass(frozen=True)
 class Subject:
-    """One subject: image path per canonical sequence (None = missing), segmentation path, label (-1 = none)."""
+    """One subject: image path per canonical sequence (None = missing), segmentation path, label (-1 = none),
+    and notes on what was found wrong but worked around (a broken link, a blank sequence)."""
 
     id: str
     split: str
     images: dict[str, Path | None]
     seg: Path | None
     label: int = UNLABELED
+    notes: tuple[str, ...] = ()
 
     @property
     def present(self) -> tuple[bool, ...]:
         """Presence of each sequence of ``constants.SEQUENCES``."""
         return tuple(self.images[s] is not None for s in SEQUENCES)
+
+
+def without(subject: Subject, blank: list[str]) -> Subject:
+    """The subject with its ``blank`` sequences treated as missing, and a note saying so."""
+    if not blank:
+        return subject
+    images = {s: None if s in blank else p for s, p in subject.images.items()}
+    return replace(subject, images=images, notes=(*subject.notes, blank_note(blank)))
+
+
+def broken_link(path: Path) -> bool:
+    """A symbolic link whose target does not exist, or that loops."""
+    return path.is_symlink() and not path.exists()
 
 
 def match_key(subject_id: str) -> str:
@@ -95,6 +113,9 @@ def _read_labels(csv: Path, id_column: str | None, label_column: str) -> dict[st
     """CSV rows as {match_key(id): (id, raw label)}."""
     try:
         table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"labels CSV {csv} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                         f"{err.start}); save it as UTF-8") from None
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise ValueError(f"cannot read labels CSV {csv}: {err}") from err
     id_column = id_column or table.columns[0]
@@ -117,7 +138,7 @@ def _parse_label(raw: str) -> int | None:
         value = float(text)
     except ValueError:
         return None
-    if value != int(value) or not 0 <= value < len(CLASS_NAMES):
+    if not 0 <= value < len(CLASS_NAMES) or value != int(value):  # also inf and nan
         return None
     return int(value)
 
@@ -158,16 +179,26 @@ def discover(
         labels = _read_labels(Path(labels_csv), id_column, label_column)
 
     subjects: list[Subject] = []
-    seen: set[str] = set()
+    seen: dict[str, Path] = {}
+    clashes: list[str] = []
     for split, split_root in _split_roots(root):
         for folder in sorted(p for p in split_root.glob(spec.glob) if p.is_dir()):
             subject_id = folder.name.removesuffix(spec.id_suffix)
+            key = match_key(subject_id)
+            if key in seen:
+                clashes.append(f"{seen[key]} and {folder}")
+                continue
+            seen[key] = folder
             paths = {name: folder / template.format(id=subject_id) for name, template in spec.files.items()}
             images = {s: paths[s] if paths[s].is_file() else None for s in SEQUENCES}
-            key = match_key(subject_id)
-            seen.add(key)
+            notes = tuple(f"{s} file {paths[s].name} is a broken symbolic link (dangling or looping): treated as "
+                          "missing; fix the link" for s in SEQUENCES if broken_link(paths[s]))
             if not any(images.values()):
-                reason = f"no image found (expected e.g. {paths[SEQUENCES[0]]}); check --layout {layout}"
+                reason = "; ".join(notes) or (f"no image found (expected e.g. {paths[SEQUENCES[0]]}); "
+                                              f"check --layout {layout}")
+            elif broken_link(paths["seg"]) and not for_prediction:
+                reason = (f"segmentation {paths['seg'].name} is a broken symbolic link (dangling or looping); "
+                          "fix the link")
             elif not paths["seg"].is_file() and not for_prediction:
                 reason = f"no segmentation {paths['seg']}; segment the tumour first"
             else:
@@ -177,11 +208,15 @@ def discover(
                               f"0..{len(CLASS_NAMES) - 1} ({', '.join(CLASS_NAMES)}); fix the row or leave it empty")
                 else:
                     seg = paths["seg"] if paths["seg"].is_file() else None
-                    subjects.append(Subject(subject_id, split, images, seg, label))
+                    subjects.append(Subject(subject_id, split, images, seg, label, notes))
                     continue
             skipped.append({"subject": subject_id, "reason": reason})
+    if clashes:
+        raise ValueError(f"{len(clashes)} subject(s) found twice under {root} (ids equal after lower-casing and "
+                         f"dropping leading zeros; the same subject in two splits leaks train into test): "
+                         f"{'; '.join(clashes[:3])}; keep one folder each")
 
-    for key in sorted(set(labels) - seen):
+    for key in sorted(set(labels) - set(seen)):
         reason = f"row in {Path(labels_csv).name} but no subject folder under {root}"
         skipped.append({"subject": labels[key][0], "reason": reason})
     return subjects, skipped

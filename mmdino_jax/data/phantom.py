@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
+from mmdino_jax.cli_errors import run_cli
 from mmdino_jax.constants import CLASS_NAMES, SEQUENCES, UNLABELED
 from mmdino_jax.data.mri_signal import NORMAL_TISSUES, PROTOCOLS, TISSUES, Protocol, Tissue, tissue_signals
 
@@ -495,4 +496,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, prog="python -m mmdino_jax.data.phantom")

@@ -14,7 +14,8 @@ Cache layout (all arrays memory-mappable, one sample = one row slice):
   cache ``version`` (``CACHE_VERSION``; readers refuse another).
 - ``CACHE/parts/<split>/<id>.npz`` per-subject results (resume: a part whose input files are unchanged is reused).
 - ``CACHE/report.json``         the crop spacing, kept / labeled / per-class counts, missing sequences, skipped
-  subjects, NaN voxels.
+  subjects, NaN voxels, blank sequences (``data.blank``: all non-finite or constant inside the brain; cached as
+  missing) and notes.
 
 A slice is kept on an axis when it has >= ``--min-tumour-voxels`` tumour voxels; the largest slice of each axis is
 always kept. Each kept slice is resampled in-plane to ``--spacing`` mm (default 1 mm, ``data/resample.py``), so
@@ -40,9 +41,11 @@ from scipy import ndimage
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from mmdino_jax.cli_errors import run_cli
 from mmdino_jax.constants import SEQUENCES
 from mmdino_jax.data import resample
-from mmdino_jax.data.cohort import LAYOUTS, Subject, class_counts, discover
+from mmdino_jax.data.blank import blank_note, blank_sequences
+from mmdino_jax.data.cohort import LAYOUTS, Subject, class_counts, discover, without
 
 CROP = 96
 DEFAULT_SPACING = 1.0  # mm per crop pixel: MM-DINOv2's inputs are 1 mm SRI24 images, so a crop spans 96 mm
@@ -69,9 +72,11 @@ def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_images(subject: Subject, grid: tuple[tuple, np.ndarray, str] | None = None):
-    """(volumes (4, X, Y, Z) with zeros for missing sequences and non-finite voxels, affine, non-finite count).
+    """(volumes (4, X, Y, Z), affine, non-finite count, blank sequence names).
 
-    Every sequence must lie on ``grid`` = (shape, affine, name of its file), by default the first present one's.
+    Missing and blank sequences (``data.blank``) are zeros, as are non-finite voxels. Every sequence must lie on
+    ``grid`` = (shape, affine, name of its file), by default the first present one's. SubjectError when no
+    sequence is usable.
     """
     volumes = None
     for i, name in enumerate(SEQUENCES):
@@ -91,9 +96,16 @@ def read_images(subject: Subject, grid: tuple[tuple, np.ndarray, str] | None = N
         volumes[i] = data
     if volumes is None:
         raise SubjectError("no image of any sequence")
-    nonfinite = int(np.count_nonzero(~np.isfinite(volumes)))
+    finite = np.isfinite(volumes).reshape(len(SEQUENCES), -1).sum(axis=1)
+    loaded = [subject.images[name] is not None for name in SEQUENCES]
+    nonfinite = int(volumes.size - finite.sum())
     np.nan_to_num(volumes, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    return volumes, grid[1], nonfinite
+    blank = blank_sequences(volumes, loaded, finite)
+    if len(blank) == sum(loaded):
+        raise SubjectError(f"no usable sequence: {blank_note(blank)}")
+    for name in blank:
+        volumes[SEQUENCES.index(name)] = 0.0
+    return volumes, grid[1], nonfinite, blank
 
 
 def seg_labels(seg: np.ndarray) -> np.ndarray:
@@ -103,16 +115,16 @@ def seg_labels(seg: np.ndarray) -> np.ndarray:
     return labels
 
 
-def read_subject(subject: Subject) -> tuple[np.ndarray, np.ndarray, int, tuple[float, float, float]]:
-    """(volumes (4, X, Y, Z) with zeros for missing sequences, labels (X, Y, Z) uint8 (see ``seg_labels``),
-    non-finite voxels zeroed, voxel size in mm per axis); tumour = labels > 0."""
+def read_subject(subject: Subject) -> tuple[np.ndarray, np.ndarray, int, tuple[float, float, float], list[str]]:
+    """(volumes (4, X, Y, Z) as :func:`read_images`, labels (X, Y, Z) uint8 (see ``seg_labels``), non-finite
+    voxels zeroed, voxel size in mm per axis, blank sequence names); tumour = labels > 0."""
     seg, seg_affine = load_volume(subject.seg)
-    volumes, _, nonfinite = read_images(subject, (seg.shape, seg_affine, "seg"))
+    volumes, _, nonfinite, blank = read_images(subject, (seg.shape, seg_affine, "seg"))
     nonfinite += int(np.count_nonzero(~np.isfinite(seg)))
     labels = seg_labels(seg)
     if not labels.any():
         raise SubjectError(f"segmentation {subject.seg.name} has no tumour voxel")
-    return volumes, labels, nonfinite, voxel_sizes(seg_affine)
+    return volumes, labels, nonfinite, voxel_sizes(seg_affine), blank
 
 
 def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
@@ -174,10 +186,10 @@ def prepare_subject(subject: Subject, cache: Path, min_voxels: int, spacing: flo
     path, key = part_path(cache, subject), fingerprint(subject, min_voxels, spacing)
     if path.is_file():
         with np.load(path) as part:
-            if str(part["fingerprint"]) == key:
-                return {"subject": subject.id, "nan": int(part["nan"])}
+            if str(part["fingerprint"]) == key and "blank" in part.files:
+                return {"subject": subject.id, "nan": int(part["nan"]), "blank": [str(b) for b in part["blank"]]}
     try:
-        volumes, labels, nonfinite, voxel_mm = read_subject(subject)
+        volumes, labels, nonfinite, voxel_mm, blank = read_subject(subject)
     except SubjectError as err:
         return {"subject": subject.id, "reason": str(err)}
     # The resampling matmuls are tiny: a multi-threaded BLAS is many times slower on them on busy cores.
@@ -188,9 +200,9 @@ def prepare_subject(subject: Subject, cache: Path, min_voxels: int, spacing: flo
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, images=np.concatenate(images), seg=np.concatenate(seg), rows=np.concatenate(rows),
-                 nan=nonfinite, fingerprint=key)
+                 nan=nonfinite, blank=np.array(blank, dtype=str), fingerprint=key)
     os.replace(tmp, path)
-    return {"subject": subject.id, "nan": nonfinite}
+    return {"subject": subject.id, "nan": nonfinite, "blank": blank}
 
 
 def consolidate(cache: Path, split: str, subjects: list[Subject]) -> None:
@@ -223,14 +235,15 @@ def consolidate(cache: Path, split: str, subjects: list[Subject]) -> None:
     seg.flush()
     del images, seg
     np.save(out / "slices.npy", slices)
-    index = {"version": CACHE_VERSION, "key": key, "ids": [s.id for s in subjects], "labels": [s.label for s in subjects],
-             "present": [list(s.present) for s in subjects]}
+    index = {"version": CACHE_VERSION, "key": key, "ids": [s.id for s in subjects],
+             "labels": [s.label for s in subjects], "present": [list(s.present) for s in subjects]}
     tmp = index_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(index))
     os.replace(tmp, index_path)
 
 
-def build_report(kept: list[Subject], skipped: list[dict], nan: dict[str, int], spacing: float) -> dict:
+def build_report(kept: list[Subject], skipped: list[dict], nan: dict[str, int], blank: dict[str, list[str]],
+                 spacing: float) -> dict:
     labels = np.array([s.label for s in kept], int)
     return {
         "spacing_mm": float(spacing),
@@ -241,6 +254,8 @@ def build_report(kept: list[Subject], skipped: list[dict], nan: dict[str, int], 
         "missing_sequences": {name: sum(s.images[name] is None for s in kept) for name in SEQUENCES},
         "skipped": skipped,
         "nan_voxels_zeroed": {k: v for k, v in nan.items() if v},
+        "blank_sequences": {k: v for k, v in blank.items() if v},
+        "notes": {s.id: list(s.notes) for s in kept if s.notes},
     }
 
 
@@ -251,6 +266,8 @@ def summary(report: dict, cache: Path) -> str:
         f"{report['splits']}, {report['labeled']} labeled {report['per_class']}",
         f"missing sequences: {report['missing_sequences']}",
         f"non-finite voxels set to 0 in {len(report['nan_voxels_zeroed'])} subject(s)",
+        f"blank sequences treated as missing in {len(report['blank_sequences'])} subject(s)"
+        + "".join(f"; {k}: {','.join(v)}" for k, v in list(report["blank_sequences"].items())[:5]),
         f"skipped {len(report['skipped'])} subject(s)" + (":" if report["skipped"] else ""),
     ]
     lines += [f"  {s['subject']}: {s['reason']}" for s in report["skipped"][:15]]
@@ -276,16 +293,27 @@ def prepare(root, layout: str, output, labels_csv=None, label_column=None, id_co
             results = list(progress(pool.map(work, subjects)))
     else:
         results = [work(s) for s in progress(subjects)]
-    kept = [s for s, r in zip(subjects, results) if "reason" not in r]
+    kept = [without(s, r["blank"]) for s, r in zip(subjects, results) if "reason" not in r]
     skipped += [r for r in results if "reason" in r]
+    if not kept:
+        first = f"; first: {skipped[0]['subject']}: {skipped[0]['reason']}" if skipped else ""
+        raise ValueError(f"no usable {layout} subject under {root} ({len(skipped)} skipped{first}); "
+                         f"check --root and --layout (layouts: {', '.join(LAYOUTS)})")
     for split in sorted({s.split for s in kept}):
         consolidate(cache, split, [s for s in kept if s.split == split])
-    report = build_report(kept, skipped, {r["subject"]: r["nan"] for r in results if "nan" in r}, spacing)
+    good = [r for r in results if "reason" not in r]
+    report = build_report(kept, skipped, {r["subject"]: r["nan"] for r in good},
+                          {r["subject"]: r["blank"] for r in good}, spacing)
     (cache / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
 def main(argv=None) -> None:
+    """The command line; errors end in one line and exit status 2 (``cli_errors``)."""
+    run_cli(_main, argv, prog="python -m mmdino_jax.data.prepare")
+
+
+def _main(argv) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="cohort root folder")
     parser.add_argument("--layout", required=True, choices=sorted(LAYOUTS))
@@ -300,11 +328,8 @@ def main(argv=None) -> None:
                         help=f"in-plane pixel size of the crops in mm (default {DEFAULT_SPACING:g}, the paper's SRI "
                              f"space): a {CROP} px crop spans {CROP} x spacing mm for any scan")
     args = parser.parse_args(argv)
-    try:
-        report = prepare(args.root, args.layout, args.output, args.labels, args.label_column, args.id_column,
-                         args.workers, args.min_tumour_voxels, args.spacing)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
+    report = prepare(args.root, args.layout, args.output, args.labels, args.label_column, args.id_column,
+                     args.workers, args.min_tumour_voxels, args.spacing)
     print(summary(report, Path(args.output)))
 
 

@@ -153,3 +153,24 @@ def paired_bootstrap_difference(labels, probs_a, probs_b, metric: str = "mcc", n
              for idx in _stratified_resamples(labels, n_boot, seed)]
     low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return float(fn(labels, probs_a) - fn(labels, probs_b)), float(low), float(high)
+
+
+def mean_ci(values, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """{"mean", "ci" (percentile bootstrap of the mean, or None), "n"} of the finite `values` (NaN = undefined)."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return {"mean": None, "ci": None, "n": 0}
+    ci = None
+    if n_boot and len(values) > 1:
+        means = np.random.default_rng(seed).choice(values, (n_boot, len(values))).mean(axis=1)
+        ci = [float(v) for v in np.quantile(means, [alpha / 2, 1 - alpha / 2])]
+    return {"mean": float(values.mean()), "ci": ci, "n": int(len(values))}
+
+
+def metrics_with_ci(labels, probs, n_boot: int, seed: int = 0, keys=("mcc", "acc_top1", "auc_macro")) -> dict:
+    """`classification_metrics` plus {"ci": {key: [low, high]}} for `keys` (no CI when n_boot is 0)."""
+    out = classification_metrics(labels, probs)
+    if n_boot:
+        out["ci"] = {k: list(bootstrap_ci(labels, probs, k, n_boot, seed)) for k in keys}
+    return out

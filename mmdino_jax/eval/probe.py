@@ -143,7 +143,6 @@ def fit_probe(train_x, train_y, c_grid=DEFAULT_C_GRID, holdout: float = 0.1, see
 
     Standardisation (mean/std per feature) is fit on the fit part while choosing C, and on the whole train
     set for the refit; the returned probe carries the latter. `n_jobs` > 1 sweeps C in parallel (joblib).
-    A binary probe is stored in symmetric softmax form (coef rows -w/2, +w/2), equal to sklearn's sigmoid.
     """
     x = check_features(train_x)
     y = _check_train_labels(train_y, len(x))
@@ -157,10 +156,22 @@ def fit_probe(train_x, train_y, c_grid=DEFAULT_C_GRID, holdout: float = 0.1, see
         delayed(_holdout_mcc)(x_fit, y[fit_idx], x_hold, y[hold_idx], c, max_iter) for c in grid
     )
     best_c = float(grid[int(np.argmax(scores))])  # first maximum: the smaller C wins ties
+    probe = fit_fixed_c(x, y, best_c, max_iter)
+    probe.selection = [(float(c), s) for c, s in zip(grid, scores)]
+    return probe
+
+
+def fit_fixed_c(train_x, train_y, c: float, max_iter: int = 1000) -> Probe:
+    """The probe with a given C (no selection), standardised on all of `train_x`.
+
+    A binary probe is stored in symmetric softmax form (coef rows -w/2, +w/2), equal to sklearn's sigmoid.
+    """
+    x = check_features(train_x)
+    y = _check_train_labels(train_y, len(x))
     mean, scale = standardiser(x)
-    model = _fit_logreg((x - mean) / scale, y, best_c, max_iter)
+    model = _fit_logreg((x - mean) / scale, y, c, max_iter)
     coef, intercept = model.coef_, model.intercept_
     if coef.shape[0] == 1:
         coef, intercept = np.concatenate([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2
-    return Probe(c=best_c, coef=coef, intercept=intercept, mean=mean, scale=scale,
-                 classes=model.classes_.astype(np.int64), selection=[(float(c), s) for c, s in zip(grid, scores)])
+    return Probe(c=float(c), coef=coef, intercept=intercept, mean=mean, scale=scale,
+                 classes=model.classes_.astype(np.int64))

@@ -33,6 +33,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from mmdino_jax.constants import BRATS_REGIONS
 from mmdino_jax.eval.metrics import check_predictions, class_names_for
 
 SPLITS = ("val", "test")
@@ -146,7 +147,112 @@ def comparison_table(runs: Mapping[str, Mapping]) -> str:
         for subset in dict.fromkeys(s for p in runs.values() for s in p.get("sweep", {}).get(kind, {})):
             rows.append([f"sweep MCC {subset} ({kind_label})",
                          *(_cell(p.get("sweep", {}).get(kind, {}).get(subset), "mcc") for p in runs.values())])
+    for label, get in _protocol_rows(runs.values()):
+        rows.append([label, *(get(p) for p in runs.values())])
     return _table(["Metric", *runs], rows)
+
+
+def _mean_sd(entry: Mapping | None) -> str:
+    return "–" if not entry or "mean" not in entry else f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
+
+
+def _mean_ci(entry: Mapping | None) -> str:
+    """"0.812 [0.770, 0.850] (n=40)" of a {"mean", "ci", "n"} summary."""
+    if not entry or entry.get("mean") is None:
+        return "–"
+    ci = entry.get("ci")
+    return _fmt(entry["mean"]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "") + f" (n={entry['n']})"
+
+
+def _knn_section(result: Mapping, sweep: Mapping) -> list[str]:
+    ks = [k for k in result if k.startswith("k") and k[1:].isdigit()]
+    names = list(dict.fromkeys(s for k in ks for s in result[k]))
+    rows = [[f"k={k[1:]}", s, result[k][s]["n"], *(_cell(result[k][s], m) for m in ("mcc", "acc_top1", "auc_macro"))]
+            for k in ks for s in names if s in result[k]]
+    out = [f"## kNN on CLS features (cosine, votes weighted exp(sim / {result['temperature']:g}))",
+           _table(["k", "Split", "N", "MCC", "Acc (macro)", "AUC (macro)"], rows)]
+    kinds = [f"knn_{k}" for k in ks if sweep.get(f"knn_{k}")]
+    if kinds:
+        subset_names = list(dict.fromkeys(s for kind in kinds for s in sweep[kind]))
+        out += [f"### kNN over sequence subsets ({sweep['split']}, bank and queries restricted to the subset)",
+                _table(["Subset", *(f"k={kind[5:]} {label}" for kind in kinds for label in SWEEP_METRICS.values())],
+                       [[s, *(_cell(sweep[kind].get(s), m) for kind in kinds for m in SWEEP_METRICS)]
+                        for s in subset_names]), "![kNN subsets](knn_subsets.png)"]
+    return out
+
+
+def _fewshot_section(result: Mapping) -> list[str]:
+    names = list(dict.fromkeys(s for r in result["shots"].values() for s in r if s != "skipped"))
+    rows = [[n, *(r.get("skipped", "skipped") if "skipped" in r else _mean_sd(r.get(s)) for s in names)]
+            for n, r in result["shots"].items()]
+    return [f"## Few-shot probe (MCC mean ± sd over {result['draws']} stratified draws, C = {result['c']:g})",
+            _table(["Subjects per class", *names], rows), "![few-shot](fewshot.png)"]
+
+
+def _subject_section(result: Mapping, single: Mapping) -> list[str]:
+    rows = []
+    for name, r in result["splits"].items():
+        for label, m in (("single slice (largest axial)", single.get(name)), ("mean of probabilities", r["probs"]),
+                         ("mean of features", r["features"])):
+            rows.append([name, label, *(_cell(m, k) for k in ("mcc", "acc_top1", "auc_macro"))])
+    return [f"## Subject level: the {result['slices_per_axis']} largest tumour slices of each axis",
+            _table(["Split", "Prediction", "MCC", "Acc (macro)", "AUC (macro)"], rows),
+            "![subject level](subject_level.png)"]
+
+
+def _segmentation_section(result: Mapping) -> list[str]:
+    rows = [[name, BRATS_REGIONS[r][1], _mean_ci(m[r]["dice"]), _mean_ci(m[r]["hd95"]), m[r]["empty_prediction"]]
+            for name, m in result["splits"].items() for r in BRATS_REGIONS]
+    out = [f"## Segmentation from frozen patch tokens (linear decoder, tokens {result['tokens']}, loss "
+           f"{result['loss']}, {result['steps']} steps on {result['n_train']} train slices)",
+           _table(["Split", "Region", "Dice [95 % CI]", f"HD95 ({result['hd95_unit']})", "empty predictions"], rows),
+           "Dice and HD95 per subject on its largest axial tumour slice (96 x 96 crop), mean and bootstrap CI over "
+           "subjects; a subject without the region in its true mask is left out of it; an empty prediction scores "
+           "Dice 0 and HD95 = the crop diagonal."]
+    missing = result.get("missing")
+    if missing:
+        out += [f"### Dice with one sequence missing ({missing['split']}; the subjects that have it and another)",
+                _table(["Missing", *(title for _, title in BRATS_REGIONS.values())],
+                       [[seq, *(_mean_ci(d[r]) for r in BRATS_REGIONS)] for seq, d in missing["dice"].items()])]
+    return out + ["![segmentation](segmentation.png)"]
+
+
+def _protocol_sections(results: Mapping) -> list[str]:
+    out = []
+    if results.get("knn"):
+        out += _knn_section(results["knn"], results.get("sweep", {}))
+    if results.get("fewshot"):
+        out += _fewshot_section(results["fewshot"])
+    if results.get("subject_level"):
+        out += _subject_section(results["subject_level"], results.get("splits", {}))
+    if results.get("segmentation"):
+        out += _segmentation_section(results["segmentation"])
+    return out
+
+
+def _protocol_rows(payloads) -> list[tuple[str, object]]:
+    """(label, payload -> cell) of the protocols' headline numbers, for the rows any payload has."""
+    payloads = list(payloads)
+    splits = [s for s in SPLITS if any(s in p.get("splits", {}) for p in payloads)]
+    rows = []
+    for k in dict.fromkeys(k for p in payloads for k in p.get("knn", {}) if k[:1] == "k" and k[1:].isdigit()):
+        rows += [(f"{s} kNN k={k[1:]} MCC", lambda p, k=k, s=s: _cell(p.get("knn", {}).get(k, {}).get(s), "mcc"))
+                 for s in splits]
+    for n in dict.fromkeys(n for p in payloads for n in p.get("fewshot", {}).get("shots", {})):
+        rows += [(f"{s} few-shot {n}/class MCC",
+                  lambda p, n=n, s=s: _mean_sd(p.get("fewshot", {}).get("shots", {}).get(n, {}).get(s)))
+                 for s in splits]
+    for how in ("probs", "features"):
+        rows += [(f"{s} subject-level MCC (mean of {how})",
+                  lambda p, how=how, s=s: _cell(p.get("subject_level", {}).get("splits", {}).get(s, {}).get(how),
+                                                "mcc"))
+                 for s in splits if any("subject_level" in p for p in payloads)]
+    for region in BRATS_REGIONS:
+        rows += [(f"{s} segmentation Dice {region.upper()}",
+                  lambda p, r=region, s=s: _mean_ci(p.get("segmentation", {}).get("splits", {}).get(s, {}).get(r, {})
+                                                    .get("dice")))
+                 for s in splits if any("segmentation" in p for p in payloads)]
+    return rows
 
 
 def write_report_md(path, results: Mapping, meta: Mapping, others: Mapping[str, Mapping] | None = None) -> Path:
@@ -167,10 +273,16 @@ def write_report_md(path, results: Mapping, meta: Mapping, others: Mapping[str, 
         parts += ["## Classification (linear probe on teacher CLS features)", *_split_tables(results["splits"])]
     if results.get("initial"):
         parts += [f"## Trained vs {results['initial']['name']} (same probe protocol)", _initial_table(results)]
+        if results["initial"].get("protocols"):
+            initial = {**results["initial"]["protocols"], "splits": results["initial"]["splits"]}
+            rows = [[label, get(results), get(initial)] for label, get in _protocol_rows([results, initial])]
+            parts += [f"### The protocols: trained vs {results['initial']['name']} (plots of the latter in initial/)",
+                      _table(["Metric", "trained", results["initial"]["name"]], rows)]
     if results.get("sweep"):
         parts += [f"## Missing-modality sweep ({results['sweep'].get('split', '?')})", _sweep_table(results["sweep"]),
                   "refit: probe refit per subset on masked features; full probe: the all-sequence probe "
                   "applied to masked features."]
+    parts += _protocol_sections(results)
     if others:
         parts += ["## Comparison", comparison_table({meta.get("name", "this run"): results, **others})]
     path = _prepare(path)
@@ -298,4 +410,74 @@ def plot_attention_maps(path, images, attention, class_names: Sequence[str], seq
             ax.set_title(sequence_names[j])
         if j == 0:
             ax.set_ylabel(class_names[i])
+    return _save(fig, path)
+
+
+def plot_knn_sweep(path, sweep: Mapping) -> Path:
+    """Heatmap of the kNN MCC per sequence subset (rows) and k (columns) from the sweep's knn_k* kinds."""
+    kinds = [k for k in sweep if k.startswith("knn_k")]
+    subsets = list(dict.fromkeys(s for k in kinds for s in sweep[k]))
+    table = {s: {k: sweep[k].get(s, {}).get("mcc") for k in kinds} for s in subsets}
+    return plot_subset_heatmap(path, table, {k: f"k={k[5:]} MCC" for k in kinds})
+
+
+def plot_fewshot(path, result: Mapping) -> Path:
+    """MCC (mean ± sd over draws) against labeled subjects per class, one line per split."""
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
+    done = {int(n): r for n, r in result["shots"].items() if "skipped" not in r}
+    shots = sorted(done)
+    for split in dict.fromkeys(s for r in done.values() for s in r):
+        ax.errorbar(shots, [done[n][split]["mean"] for n in shots], yerr=[done[n][split]["sd"] for n in shots],
+                    marker="o", capsize=3, label=split)
+    ax.set(xscale="log", xlabel="labeled subjects per class", ylabel="MCC",
+           title=f"few-shot probe ({result['draws']} draws per point)")
+    ax.set_xticks(shots or [1])
+    ax.set_xticklabels([str(n) for n in shots or [1]])
+    ax.axhline(0, color="k", lw=0.5)
+    if shots:
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_subject_level(path, result: Mapping, single: Mapping) -> Path:
+    """MCC per split: single slice vs the subject-level aggregates."""
+    names = list(result["splits"])
+    bars = {"single slice": [single[n]["mcc"] for n in names],
+            **{f"mean of {how}": [result["splits"][n][how]["mcc"] for n in names] for how in ("probs", "features")}}
+    fig = Figure(figsize=(1.8 * len(names) + 2.5, 3.5))
+    ax = fig.subplots()
+    width = 0.8 / len(bars)
+    for i, (label, values) in enumerate(bars.items()):
+        ax.bar(np.arange(len(names)) + i * width, values, width, label=label)
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+    ax.set_xticklabels(names)
+    ax.set(ylabel="MCC", title=f"subject level ({result['slices_per_axis']} slices per axis)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_segmentation_examples(path, examples: Mapping, sequence_names: Sequence[str]) -> Path:
+    """Rows = subjects: the last sequence's slice, the true labels and the predicted labels over it."""
+    from matplotlib.colors import ListedColormap
+
+    images, truth, pred = (np.asarray(examples[k]) for k in ("images", "truth", "prediction"))
+    colours = ListedColormap([(0, 0, 0, 0), (1, 0.2, 0.2, 0.6), (0.2, 0.9, 0.2, 0.6), (0, 0, 0, 0),
+                              (1, 0.9, 0.1, 0.8)])
+    fig = Figure(figsize=(6, 2 * len(images)))
+    axes = np.asarray(fig.subplots(len(images), 3, squeeze=False))
+    crop = truth.shape[-1]
+    for i, row in enumerate(axes):
+        for j, (ax, title) in enumerate(zip(row, (sequence_names[-1], "true", "predicted"))):
+            ax.imshow(images[i, -1], cmap="gray", extent=(0, crop, crop, 0))
+            if j:
+                ax.imshow((truth, pred)[j - 1][i], cmap=colours, vmin=0, vmax=4, interpolation="nearest",
+                          extent=(0, crop, crop, 0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(title)
+        row[0].set_ylabel(examples["ids"][i], fontsize="small")
+    fig.suptitle(f"{examples['split']}: labels 1 red, 2 green, 4 yellow")
     return _save(fig, path)

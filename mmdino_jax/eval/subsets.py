@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import combinations
 
 import numpy as np
@@ -56,3 +56,9 @@ def random_drop(present, seed: int) -> np.ndarray:
     rows = np.flatnonzero(present.sum(axis=1) >= 2)
     keep[rows, drop[rows]] = False
     return keep
+
+
+def sweep_cases(sequences: Sequence[str], seed: int) -> list[tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+    """(name, present -> keep flags) for every subset of `sequences`, then the seeded random drop."""
+    cases = [(subset_name(s), lambda p, s=s: subset_masks(p, sequences, s)) for s in all_subsets(sequences)]
+    return [*cases, (RANDOM, lambda p: random_drop(p, seed))]
