@@ -47,6 +47,9 @@ def get_config(arg=None):
     c.eval.c_grid_size = 12
     c.eval.bootstrap = 200
     c.eval.compare_init = True            # report the same probe on the random-init backbone, side by side
+    # kNN only beside the probe: the README's command must end within 10 minutes on 2 cores; the other
+    # protocols are one override away (--config.eval.protocols=knn,fewshot,subject,segmentation).
+    c.eval.protocols = "knn"
     if arg == "smoke":
         c.total_steps = 6
         c.log_every = 2
