@@ -1,9 +1,9 @@
 """Per-device memory of the train state (student + teacher parameters, optimizer state) under FSDP.
 
 Two measurements, neither of which materialises a weight:
-  * compiled: the real train step (`learner.build_learner` + `make_step`, shardings from
-    `sharding.state_shardings`) lowered from abstract inputs on N simulated CPU devices for each
-    `--compile-fsdp` value; `memory_analysis()` of the executable gives per-device argument /
+  * compiled: the real train step (`ssl.learner.build_learner` placed by `training.sharded.shard_learner`,
+    shardings from `sharding.state_shardings`) lowered from abstract inputs on N simulated CPU devices for
+    each `--compile-fsdp` value; `memory_analysis()` of the executable gives per-device argument /
     output / temporary bytes. The state share of the arguments is the argument size minus the
     per-device batch and key.
   * shapes: per-device state bytes from the shard shapes `sharding.fsdp_spec` gives, for device
@@ -24,8 +24,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mmdino_jax import learner as learner_lib, sharding
+from mmdino_jax import sharding
 from mmdino_jax.config_base import base_config
+from mmdino_jax.ssl.learner import build_learner
+from mmdino_jax.training.sharded import shard_learner
 
 MiB = 2**20
 
@@ -65,19 +67,14 @@ def state_bytes_per_device(abstract_state, fsdp: int) -> dict[str, int]:
     return out
 
 
-def compiled_memory(run: dict, config, mesh) -> dict[str, float]:
+def compiled_memory(learner, config, mesh) -> dict[str, float]:
     """Compile the train step over `mesh` from abstract inputs; per-device bytes from memory_analysis."""
-    abstract_state = jax.eval_shape(run["init"], run["student"])
-    state_sh = sharding.state_shardings(abstract_state, mesh)
-    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    run = shard_learner(learner, mesh, abstract=True)
     with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-    state = jax.tree.map(with_sharding, abstract_state, state_sh)
-    batch = {k: with_sharding(v, batch_sh) for k, v in abstract_batch(config).items()}
-    key = with_sharding(jax.eval_shape(lambda: jax.random.key(0)), repl)
-    step = jax.jit(run["make_step"](mesh), in_shardings=(state_sh, batch_sh, repl),
-                   out_shardings=(state_sh, repl), donate_argnums=0)
+    batch = {k: with_sharding(v, run.batch_sharding) for k, v in abstract_batch(config).items()}
+    key = with_sharding(jax.eval_shape(lambda: jax.random.key(0)), run.replicated)
     start = time.perf_counter()
-    compiled = step.lower(state, batch, key).compile()
+    compiled = run.step.lower(run.state, batch, key).compile()
     seconds = time.perf_counter() - start
     stats = compiled.memory_analysis()
     n = mesh.devices.size
@@ -90,15 +87,15 @@ def compiled_memory(run: dict, config, mesh) -> dict[str, float]:
 def measure(arch: str, devices: int, compile_fsdp, shape_devices, depth: int = 0,
             batch_per_device: int = 1) -> dict:
     config = bench_config(arch, devices * batch_per_device, depth)
-    run = learner_lib.build_learner(config, abstract=True)
-    abstract_state = jax.eval_shape(run["init"], run["student"])
-    params = sum(_nbytes(x) for x in jax.tree.leaves(run["student"])) // 4
+    learner = build_learner(config, abstract=True)
+    abstract_state = jax.eval_shape(learner.init, learner.params)
+    params = sum(_nbytes(x) for x in jax.tree.leaves(learner.params)) // 4
     result = {"arch": arch, "depth": depth or None, "params": params, "shapes": {}, "compiled": {}}
     for n in shape_devices:
         result["shapes"][n] = state_bytes_per_device(abstract_state, n)
     for fsdp in compile_fsdp:
         mesh = sharding.make_mesh(fsdp, jax.devices()[:devices])
-        result["compiled"][fsdp] = {**compiled_memory(run, config, mesh),
+        result["compiled"][fsdp] = {**compiled_memory(learner, config, mesh),
                                     "state_from_shapes": sum(state_bytes_per_device(abstract_state, fsdp).values())}
     return result
 
@@ -127,7 +124,8 @@ def markdown(results: list[dict], devices: int) -> str:
     for r in results:
         name = _name(r)
         for fsdp, m in r["compiled"].items():
-            lines.append(f"| {name} | {fsdp} | {m['argument'] / MiB:,.1f} MiB | {m['state_in_arguments'] / MiB:,.1f} MiB"
+            lines.append(f"| {name} | {fsdp} | {m['argument'] / MiB:,.1f} MiB "
+                         f"| {m['state_in_arguments'] / MiB:,.1f} MiB"
                          f" | {m['state_from_shapes'] / MiB:,.1f} MiB | {m['output'] / MiB:,.1f} MiB | "
                          f"{m['temp'] / MiB:,.1f} MiB | {m['compile_s']:.0f} s |")
     return "\n".join(lines)

@@ -1,29 +1,38 @@
-"""Train-step throughput and FLOP accounting of the MM-DINOv2 update.
+"""Train-step throughput and FLOP accounting of the MM-DINOv2 update, against a PyTorch reference step.
 
 For each config: compile the jitted step (1 device), compare XLA's cost-analysis FLOP count with the
 analytic matmul count of the model, then time steps on a fixed random batch (compile excluded).
-With --torch, the same process then times the PyTorch reference step (bench/torch_step.py) on the same
-batch, after one warm-up step, with torch.set_num_threads(number of CPUs this process may use), which
-is the size of XLA's CPU intra-op thread pool (--torch-threads overrides it); the ratio column is
-JAX samples/s / PyTorch samples/s.
+With --torch, the same process also builds the PyTorch reference step (bench/torch_step.py) on the same
+batch and the two are timed interleaved (JAX step, PyTorch step, repeated --steps times after one
+warm-up each), so load from other jobs hits both alike; the table gives medians and the ratio of the
+medians (PyTorch step s / JAX step s = JAX samples/s over PyTorch samples/s), with the range of the
+per-round ratios and the ratio of the median CPU times of this process (PyTorch / JAX: the work
+done, insensitive to time lost to other jobs' threads). PyTorch uses
+torch.set_num_threads(number of CPUs this process may use), the size of XLA's CPU intra-op thread
+pool (--torch-threads overrides it). On a GPU, --torch-device cuda --torch-compile --torch-dtype
+bfloat16 gives the torch.compile'd, bf16-autocast reference; MFU is the analytic FLOP rate over --peak-tflops.
 
   python bench/bench_step.py --config configs/demo.py --steps 5
-  python bench/bench_step.py --config configs/demo.py --steps 3 --torch
-  python bench/bench_step.py --config configs/mmdino_vits14.py --batch-size 8 --steps 2
+  taskset -c 0 python bench/bench_step.py --config configs/demo.py --config configs/mmdino_vits14.py
+      --batch-size 0 --batch-size 16 --steps 5 --torch      (one line)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from pathlib import Path
 
 import jax
+import numpy as np
 
 from mmdino_jax import sharding
 from mmdino_jax.config_base import load_config
-from mmdino_jax.learner import build_learner, random_batch
 from mmdino_jax.models.build import vit_config
+from mmdino_jax.ssl.learner import build_learner, random_batch
+from mmdino_jax.training.sharded import shard_learner
 
 
 def vit_flops(cfg, images: int, sequences: int, size: int) -> float:
@@ -58,81 +67,129 @@ def step_flops(config) -> float:
     return teacher + 3 * student
 
 
-def bench(spec: str, batch_size: int | None, steps: int, torch_threads: int = 0) -> dict:
+def _timed(fn) -> tuple[float, float]:
+    """(wall s, CPU s of this process) of one call."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None) -> dict:
     config = load_config(spec)
     if batch_size:
         config.data.batch_size = batch_size
     config.optim.freeze_backbone_steps = 0
-    mesh = sharding.make_mesh(1, jax.devices()[:1])
-    learner = build_learner(config)
-    state_sh = sharding.state_shardings(jax.eval_shape(learner["init"], learner["student"]), mesh)
-    state = jax.jit(learner["init"], out_shardings=state_sh)(learner["student"])
-    batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    step = jax.jit(learner["make_step"](mesh), in_shardings=(state_sh, batch_sh, repl),
-                   out_shardings=(state_sh, repl), donate_argnums=0)
+    run = shard_learner(build_learner(config), sharding.make_mesh(1, jax.devices()[:1]))
     host_batch = random_batch(config)
-    batch = sharding.to_global(host_batch, batch_sh)
-    key = jax.device_put(jax.random.key(0), repl)
+    state, batch, key = run.state, run.global_batch(host_batch), run.key(0)
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch, key).compile()
+    compiled = run.step.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    state, metrics = compiled(state, batch, key)
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = compiled(state, batch, key)
-    jax.block_until_ready(metrics)
-    step_s = (time.perf_counter() - t0) / steps
+    holder = {"state": state}
+
+    def jax_step():
+        holder["state"], metrics = compiled(holder["state"], batch, key)
+        jax.block_until_ready(metrics)
+
+    torch_step = make_torch_step(config, host_batch, **torch_opts) if torch_opts else None
+    jax_times, torch_times = [], []
+    for _ in range(steps + 1):  # the first round is the warm-up
+        jax_times.append(_timed(jax_step))
+        if torch_step is not None:
+            torch_times.append(_timed(torch_step))
+    jax_times, torch_times = np.asarray(jax_times[1:]), np.asarray(torch_times[1:])
+    step_s = float(np.median(jax_times[:, 0]))
     analytic = step_flops(config)
     result = {"config": spec, "batch": config.data.batch_size, "compile_s": compile_s, "step_s": step_s,
               "samples_per_s": config.data.batch_size / step_s, "xla_gflop": cost["flops"] / 1e9,
               "analytic_gflop": analytic / 1e9, "achieved_gflops": analytic / step_s / 1e9}
-    if torch_threads:
-        del state, compiled
-        result["torch"] = torch_rate(config, host_batch, steps, torch_threads)
+    if torch_step is not None:
+        t = float(np.median(torch_times[:, 0]))
+        result["torch"] = {"step_s": t, "samples_per_s": config.data.batch_size / t,
+                           "ratio_spread": _spread(torch_times[:, 0] / jax_times[:, 0]),
+                           "cpu_ratio": float(np.median(torch_times[:, 1]) / np.median(jax_times[:, 1]))}
     return result
 
 
-def torch_rate(config, host_batch: dict, steps: int, threads: int) -> dict:
-    """Time the PyTorch reference step on the JAX bench's batch (same shapes and values)."""
+def _spread(ratios) -> str:
+    """Range of the per-round ratios, to show how noisy the run was."""
+    return f"{ratios.min():.2f}-{ratios.max():.2f}"
+
+
+def make_torch_step(config, host_batch: dict, threads: int, device: str, dtype: str, compile: bool):
+    """One PyTorch reference update on the JAX bench's batch (same shapes and values), synchronised."""
     import torch
-    from torch_step import rate
+    from torch_step import TorchStep, checked
 
     torch.set_num_threads(threads)
-    return rate(config, steps, {k: torch.from_numpy(v) for k, v in host_batch.items()})
+    step = TorchStep(config, device=device, dtype=getattr(torch, dtype), compile=compile)
+    batch = {k: torch.from_numpy(v).to(device) for k, v in host_batch.items()}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def run():
+        checked(step(batch))
+        sync()
+
+    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append", required=True, help="configs/x.py[:arg]; repeatable")
-    parser.add_argument("--batch-size", type=int, default=0, help="override data.batch_size")
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, action="append", default=[],
+                        help="override data.batch_size (0 = the config's); one value for all configs or one "
+                             "per --config, in order")
+    parser.add_argument("--steps", type=int, default=5, help="timed rounds after one warm-up round")
     parser.add_argument("--torch", action="store_true", help="also time the PyTorch reference step")
     parser.add_argument("--torch-threads", type=int, default=0, help="default: CPUs available (as XLA)")
+    parser.add_argument("--torch-device", default="cpu")
+    parser.add_argument("--torch-dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--torch-compile", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="device peak (e.g. 989 for H100/H200 bf16 dense): adds an MFU column")
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
     args = parser.parse_args()
-    threads = (args.torch_threads or len(os.sched_getaffinity(0))) if args.torch else 0
+    sizes = args.batch_size or [0]
+    if len(sizes) not in (1, len(args.config)):
+        parser.error("give --batch-size once or once per --config")
+    sizes = sizes * len(args.config) if len(sizes) == 1 else sizes
+    torch_opts = None
     print(f"device: {jax.devices()[0].device_kind} x1, jax {jax.__version__}")
     head = "| config | batch | compile s | step s | samples/s | XLA GFLOP | analytic GFLOP | XLA/analytic | GFLOP/s |"
     rule = "|---|---|---|---|---|---|---|---|---|"
+    if args.peak_tflops:
+        head += " MFU |"
+        rule += "---|"
     if args.torch:
         import torch
         cpus = len(os.sched_getaffinity(0))
-        print(f"torch {torch.__version__}, {threads} threads; {cpus} CPUs available to jax")
-        head += " PyTorch step s | PyTorch samples/s | JAX/PyTorch |"
-        rule += "---|---|---|"
+        torch_opts = dict(threads=args.torch_threads or cpus, device=args.torch_device, dtype=args.torch_dtype,
+                          compile=args.torch_compile)
+        print(f"torch {torch.__version__} on {args.torch_device}, {torch_opts['threads']} threads, "
+              f"{args.torch_dtype}, compile={args.torch_compile}; {cpus} CPUs available to jax")
+        head += " PyTorch step s | PyTorch samples/s | JAX/PyTorch | per-round ratios | CPU-time ratio |"
+        rule += "---|---|---|---|---|"
     print(head + "\n" + rule)
-    for spec in args.config:
-        r = bench(spec, args.batch_size, args.steps, threads)
-        line = (f"| {r['config']} | {r['batch']} | {r['compile_s']:.0f} | {r['step_s']:.2f} | "
+    results = []
+    for spec, size in zip(args.config, sizes):
+        r = bench(spec, size, args.steps, torch_opts)
+        results.append(r)
+        line = (f"| {r['config']} | {r['batch']} | {r['compile_s']:.0f} | {r['step_s']:.3f} | "
                 f"{r['samples_per_s']:.1f} | {r['xla_gflop']:.1f} | {r['analytic_gflop']:.1f} | "
                 f"{r['xla_gflop'] / r['analytic_gflop']:.2f} | {r['achieved_gflops']:.1f} |")
+        if args.peak_tflops:
+            r["mfu"] = r["achieved_gflops"] / (args.peak_tflops * 1e3)
+            line += f" {100 * r['mfu']:.1f} % |"
         if "torch" in r:
             t = r["torch"]
-            ratio = r["samples_per_s"] / t["samples_per_s"]
-            line += f" {t['step_s']:.2f} | {t['samples_per_s']:.1f} | {ratio:.2f} |"
+            ratio = t["step_s"] / r["step_s"]
+            line += (f" {t['step_s']:.3f} | {t['samples_per_s']:.1f} | {ratio:.2f} | {t['ratio_spread']} | "
+                     f"{t['cpu_ratio']:.2f} |")
         print(line, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

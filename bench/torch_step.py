@@ -7,6 +7,10 @@ encoder, final LayerNorm, as in bench/bench_forward.py) with a 1-channel patch e
 MM-DINOv2 token layout [CLS, seq0 patches, seq1 patches, ...] plus unit-norm sequence embeddings.
 
     step = TorchStep(load_config("configs/demo.py")); step(make_batch(config)); step(batch) ...
+
+On a GPU: `TorchStep(config, device="cuda", dtype=torch.bfloat16, compile=True)` runs the forward passes
+and losses under bf16 autocast (float32 master weights, as DINOv2's mixed precision) and
+`torch.compile`s the backbones and heads.
 """
 
 from __future__ import annotations
@@ -92,8 +96,8 @@ def _koleo(x):
 
 
 def make_batch(config, seed: int = 0) -> dict:
-    """Torch tensors of `mmdino_jax.learner.random_batch(config)` (the JAX bench's batch)."""
-    from mmdino_jax.learner import random_batch
+    """Torch tensors of `mmdino_jax.ssl.learner.random_batch(config)` (the JAX bench's batch)."""
+    from mmdino_jax.ssl.learner import random_batch
     return {k: torch.from_numpy(v) for k, v in random_batch(config, seed).items()}
 
 
@@ -103,8 +107,9 @@ class TorchStep:
     DINO (local + swapped global), iBOT, KoLeo and semi-supervised losses, backward, per-module grad
     clipping, AdamW with layer-wise lr / weight-decay param groups, EMA teacher and centre updates."""
 
-    def __init__(self, config, seed: int = 0):
+    def __init__(self, config, seed: int = 0, device: str = "cpu", dtype=torch.float32, compile: bool = False):
         torch.manual_seed(seed)
+        self.device, self.dtype = torch.device(device), dtype
         m, s, o = config.model, config.ssl, config.optim
         self.cfg = vit_config(m)
         self.n_seq = len(config.data.sequences.split(","))
@@ -112,10 +117,14 @@ class TorchStep:
         backbone = MMBackbone(self.cfg, self.n_seq)
         head = DINOHead(self.cfg.embed_dim, m.head_n_prototypes, m.head_hidden_dim, m.head_bottleneck_dim,
                         m.head_nlayers)
-        self.student = nn.ModuleDict({"backbone": backbone, "head": head}).train()
+        self.student = nn.ModuleDict({"backbone": backbone, "head": head}).train().to(self.device)
         self.teacher = copy.deepcopy(self.student).eval().requires_grad_(False)
-        self.center = torch.zeros(m.head_n_prototypes)
-        self.ibot_center = torch.zeros(m.head_n_prototypes)
+        # dynamic=False: one specialised graph per crop size (global 98 px, local 56 px).
+        wrap = (lambda module: torch.compile(module, dynamic=False)) if compile else (lambda module: module)
+        self.run = {name: {part: wrap(model[part]) for part in ("backbone", "head")}
+                    for name, model in (("student", self.student), ("teacher", self.teacher))}
+        self.center = torch.zeros(m.head_n_prototypes, device=self.device)
+        self.ibot_center = torch.zeros(m.head_n_prototypes, device=self.device)
         self.optim = torch.optim.AdamW(self._param_groups(o), lr=o.base_lr, betas=(0.9, 0.999), eps=1e-8)
         self.temp, self.momentum = s.warmup_teacher_temp, s.momentum_teacher
 
@@ -141,8 +150,10 @@ class TorchStep:
         U(mask_ratio_min_max)), one whole present sequence per crop, and absent sequences."""
         mcrops = present_g.shape[0]
         lo, hi = self.s.mask_ratio_min_max
-        ratio = torch.empty(mcrops).uniform_(lo, hi) * (torch.rand(mcrops) < self.s.mask_sample_probability)
-        blocks = torch.rand(mcrops, n).argsort(dim=1) < (ratio * n).long()[:, None]
+        dev = present_g.device
+        ratio = (torch.empty(mcrops, device=dev).uniform_(lo, hi)
+                 * (torch.rand(mcrops, device=dev) < self.s.mask_sample_probability))
+        blocks = torch.rand(mcrops, n, device=dev).argsort(dim=1) < (ratio * n).long()[:, None]
         seq = torch.zeros_like(present_g)
         if self.s.modality_masked:
             pick = torch.multinomial(present_g.float(), self.s.modality_masked)
@@ -153,7 +164,7 @@ class TorchStep:
     def _loss(self, batch, masks, targets, cls_probs, patch_probs):
         s = self.s
         b, n_g, n_l = batch["global"].shape[0], batch["global"].shape[1], batch["local"].shape[1]
-        bb, head = self.student["backbone"], self.student["head"]
+        bb, head = self.run["student"]["backbone"], self.run["student"]["head"]
         globals_ = batch["global"].flatten(0, 1)
         locals_ = batch["local"].flatten(0, 1)
         present_l = batch["present"].repeat_interleave(n_l, dim=0)
@@ -185,7 +196,7 @@ class TorchStep:
         labeled = (label >= 0).float()
         onehot = F.one_hot(label.clamp(min=0).long(), k).float()
         n_lab = labeled.sum()
-        w = torch.log(n_lab / ((onehot * labeled[:, None]).sum(0) + 1e-6)) if n_lab > 0 else torch.zeros(k)
+        w = torch.where(n_lab > 0, torch.log(n_lab / ((onehot * labeled[:, None]).sum(0) + 1e-6)), 0.0)
         y = onehot * (1 - s.semi_label_smoothing) + s.semi_label_smoothing / k
         per = -(w * y[:, None, :] * F.log_softmax(logits / s.semi_temperature, dim=-1)).sum(-1)
         per = (per * labeled[:, None]).sum(0) / n_lab.clamp(min=1.0)
@@ -197,12 +208,15 @@ class TorchStep:
         present_g = batch["present"].repeat_interleave(n_g, dim=0)
         n = (globals_.shape[-2] // self.cfg.patch_size) * (globals_.shape[-1] // self.cfg.patch_size)
         masks, targets = self._masks(present_g, n)
-        with torch.no_grad():
-            t_cls, t_patch = self.teacher["backbone"](globals_, ~present_g[:, :, None].expand(-1, -1, n))
-            cls_logits, patch_logits = self.teacher["head"](t_cls), self.teacher["head"](t_patch)
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        teacher = self.run["teacher"]
+        with torch.no_grad(), autocast:
+            t_cls, t_patch = teacher["backbone"](globals_, ~present_g[:, :, None].expand(-1, -1, n))
+            cls_logits, patch_logits = teacher["head"](t_cls).float(), teacher["head"](t_patch).float()
             cls_probs = F.softmax((cls_logits - self.center) / self.temp, dim=-1)
             patch_probs = F.softmax((patch_logits - self.ibot_center) / self.temp, dim=-1)
-        loss = self._loss(batch, masks, targets, cls_probs, patch_probs)
+        with autocast:
+            loss = self._loss(batch, masks, targets, cls_probs, patch_probs)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         for part in self.student.values():
@@ -220,17 +234,7 @@ class TorchStep:
         return float(loss.detach())
 
 
-def rate(config, steps: int, batch: dict | None = None) -> dict:
-    """Time `steps` PyTorch updates after one warm-up step; returns step_s and samples_per_s."""
-    import time
-    step = TorchStep(config)
-    batch = make_batch(config) if batch is None else batch
-    loss = step(batch)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = step(batch)
-    step_s = (time.perf_counter() - t0) / steps
+def checked(loss: float) -> float:
     if not math.isfinite(loss):
         raise FloatingPointError(f"PyTorch reference step produced loss {loss}")
-    return {"step_s": step_s, "samples_per_s": batch["global"].shape[0] / step_s, "loss": loss,
-            "attn": step.student["backbone"].hf.config._attn_implementation}
+    return loss

@@ -1,4 +1,4 @@
-"""MM-DINOv2 recipe on a ViT-L/14 backbone (dinov2_vitl14 weights), bf16 compute.
+"""MM-DINOv2 recipe on a ViT-L/14 backbone (dinov2_vitl14 weights); bf16 compute on GPU/TPU (model.dtype auto).
 
 On many devices, shard parameters and optimizer state with --config.mesh.fsdp=N.
 """
@@ -10,5 +10,4 @@ def get_config(arg=None):
     del arg
     c = base_config()
     c.model.arch = "vitl14"
-    c.model.dtype = "bfloat16"
     return c

@@ -17,11 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmdino_jax import evaluate
 from mmdino_jax.config_base import load_config
 from mmdino_jax.data import phantom
 from mmdino_jax.data.prepare import prepare
 from mmdino_jax.data.setup import PHANTOM_SPLITS
+from mmdino_jax.eval import backbone as evaluate
 from mmdino_jax.eval.extract import FeatureExtractor
 
 CONFIG = "configs/demo.py"

@@ -1,4 +1,5 @@
-"""The fields every training config has, with MM-DINOv2's values (recipe.md section 5).
+"""The fields every training config has, with MM-DINOv2's values (MM-DINOv2
+`dinov2/configs/train/glioma_vitb14_mm-dino_v2.yaml` over `dinov2/configs/ssl_default_config.yaml`).
 
 Config files in configs/ start from `base_config()` and change what their experiment needs.
 Durations are in optimizer steps; `epochs_to_steps` converts the paper's epochs.
@@ -37,7 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.drop_path_rate = 0.3     # student only; the teacher runs without stochastic depth
     c.model.layerscale_init = 1e-5
     c.model.use_seq_embed = True
-    c.model.dtype = "float32"        # compute dtype: float32 | bfloat16 (parameters stay float32)
+    c.model.dtype = "auto"           # compute dtype: float32 | bfloat16 | auto (bfloat16 on GPU/TPU, float32
+                                     # on CPU: models/build.py compute_dtype); parameters stay float32
     c.model.head_n_prototypes = 3
     c.model.head_hidden_dim = 2048
     c.model.head_bottleneck_dim = 256

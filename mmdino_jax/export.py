@@ -27,13 +27,14 @@ from typing import Any
 
 from flax import nnx
 
-from mmdino_jax import checksums, model_io
+from mmdino_jax import checksums
 from mmdino_jax.constants import CLASS_NAMES, sequence_indices
 from mmdino_jax.data.augment import MEAN, STD
 from mmdino_jax.data.pipeline import AXIAL
 from mmdino_jax.data.prepare import CROP
 from mmdino_jax.eval.probe import Probe
 from mmdino_jax.export_schema import ArtifactError, check_backbone, check_document, check_probe
+from mmdino_jax.models import io as model_io
 from mmdino_jax.models.vit import DinoViT
 
 FORMAT = "mmdino_jax.classifier"
@@ -109,7 +110,8 @@ def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step:
     model_io.save_model(out / "backbone", backbone, meta={"sequences": sequences, "provenance": provenance})
     probe.save_npz(out / "probe.npz")
     doc = {"format": FORMAT, "version": VERSION, "class_names": list(CLASS_NAMES), "sequences": sequences,
-           "preprocessing": preprocessing(config.data.eval_size, config.data.spacing), "batch_size": int(config.eval.batch_size),
+           "preprocessing": preprocessing(config.data.eval_size, config.data.spacing),
+           "batch_size": int(config.eval.batch_size),
            "step": int(step),
            "probe": {"c": float(probe.c), "features": "teacher CLS"},
            "config": json.loads(config.to_json_best_effort())}

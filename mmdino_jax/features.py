@@ -15,7 +15,7 @@ from flax import nnx
 from mmdino_jax.cli_errors import run_cli
 from mmdino_jax.constants import sequence_indices
 from mmdino_jax.eval.extract import FeatureExtractor
-from mmdino_jax.model_io import load_model
+from mmdino_jax.models.io import load_model
 from mmdino_jax.run_checks import check_output_file
 
 NPY_MAGIC = b"\x93NUMPY"

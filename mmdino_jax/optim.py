@@ -1,4 +1,5 @@
-"""Schedules, parameter groups and the AdamW optimiser of MM-DINOv2 (recipe.md section 4), with optax.
+"""Schedules, parameter groups and the AdamW optimiser of MM-DINOv2 (DINOv2 `dinov2/train/train.py`,
+`dinov2/utils/param_groups.py`, `dinov2/utils/utils.py`), with optax.
 
 Parameter trees are `{"backbone": ..., "head": ...}` with the paths of docs/architecture.md. Schedules
 are numpy arrays indexed by the optimiser step; `schedule_at` looks them up inside jit.
@@ -103,6 +104,20 @@ def lr_multipliers(params, depth, layerwise_decay=0.9, patch_embed_mult=0.2):
 def weight_decay_mask(params):
     """Pytree of bools, True where weight decay applies."""
     return jax.tree_util.tree_map_with_path(lambda p, _: _decays(_names(p)), params)
+
+
+def optimizer_updates(config) -> int:
+    """Optimizer updates in a run: `total_steps` counts micro-batches when gradients are accumulated;
+    the schedule lengths in `config.optim` (warmup, freezes) count updates."""
+    return config.total_steps // config.optim.grad_accum_steps
+
+
+def optimizer_config(config, depth: int) -> dict:
+    """The `make_optimizer` fields of a run config (lr scaled by sqrt(effective batch / 1024))."""
+    o = config.optim
+    batch = config.data.batch_size * o.grad_accum_steps
+    return {**o.to_dict(), "base_lr": lr_scale(o.base_lr, batch), "total_steps": optimizer_updates(config),
+            "depth": depth}
 
 
 def optimizer_schedules(cfg) -> dict[str, np.ndarray]:

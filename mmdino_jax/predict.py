@@ -5,7 +5,8 @@
 
 PATH is a cohort root or one subject folder in any supported layout. Each subject goes through exactly the
 evaluation view: largest axial tumour slice of the segmentation, resampled in-plane to the classifier's
-spacing (1 mm unless trained otherwise), 96x96 crop around its tumour centre, percentile scaling, resize and normalisation; sequences the subject lacks are masked as in training.
+spacing (1 mm unless trained otherwise), 96x96 crop around its tumour centre, percentile scaling, resize and
+normalisation; sequences the subject lacks are masked as in training.
 With ``--slices K`` a subject is the K largest tumour slices of each axis (evaluation's subject level,
 ``eval/multislice.py``): the mean of the probe's probabilities over them, or (``--aggregate features``) the probe
 on their mean CLS feature; the attention maps show the largest axial slice.
@@ -288,5 +289,10 @@ def _main(argv=None) -> list[dict]:
     return rows
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console-script entry point (main's rows are for in-process callers)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -8,10 +8,12 @@ split over "fsdp" along their largest divisible dimension.
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp")
 # Arrays smaller than this stay replicated under FSDP: splitting them saves nothing.
@@ -78,3 +80,18 @@ def initialize_distributed(mode: str, coordinator_address: str = "", num_process
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     else:
         raise ValueError(f"--distributed must be none, auto or explicit, not {mode!r}")
+
+
+def start_processes(mode: str = "none", coordinator_address: str = "", num_processes: int = 1,
+                    process_id: int = 0, local_device_count: int = 0) -> None:
+    """A CLI's multi-process start-up (`initialize_distributed`; a coordinator address alone implies
+    "explicit"), optionally with `local_device_count` simulated CPU devices; prints the device count."""
+    if local_device_count:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={local_device_count}")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if mode == "none" and coordinator_address:
+        mode = "explicit"  # launch/local_multiprocess.sh passes only the explicit flags
+    initialize_distributed(mode, coordinator_address, num_processes, process_id)
+    print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local devices, "
+          f"{jax.device_count()} in all", flush=True)

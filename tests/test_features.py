@@ -6,8 +6,8 @@ import pytest
 from flax import nnx
 
 from mmdino_jax.features import main
-from mmdino_jax.model_io import save_model
 from mmdino_jax.models import DinoViT, ViTConfig
+from mmdino_jax.models.io import save_model
 
 
 def test_features_cli_matches_the_model(tmp_path, capsys):

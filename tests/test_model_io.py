@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmdino_jax.model_io import load_model, read_meta, save_model
 from mmdino_jax.models import DINOHead, DinoViT, ViTConfig
+from mmdino_jax.models.io import load_model, read_meta, save_model
 
 CFG = ViTConfig(embed_dim=32, depth=1, num_heads=2, pos_grid=3, num_registers=1, layerscale_init=1.0)
 

@@ -14,10 +14,9 @@ import pytest
 from flax import nnx
 from scipy import ndimage
 
-from mmdino_jax import evaluate
 from mmdino_jax.config_base import load_config
 from mmdino_jax.constants import CLASS_NAMES, SEQUENCES
-from mmdino_jax.data.setup import ensure_cache
+from mmdino_jax.eval import backbone as eval_backbone
 from mmdino_jax.eval import multislice
 from mmdino_jax.eval.extract import FeatureExtractor
 from mmdino_jax.eval.probe import Probe, fit_probe
@@ -31,19 +30,19 @@ ATOL = 1e-6  # probabilities are rounded to 6 decimals
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Synthetic cohort + cache, a backbone, the evaluation probe (as evaluate_backbone fits it) and its export."""
+def run(tmp_path_factory, smoke_cache):
+    """The smoke cohort + cache, a backbone, the evaluation probe (as evaluate_backbone fits it) and its export."""
     work = tmp_path_factory.mktemp("predict")
     config = load_config(SMOKE)
-    cache = ensure_cache(config.data, str(work), 0)
+    cache = smoke_cache
     graphdef, params = nnx.split(build_models(config.model, 0)[0])
     seq = config.data.sequences.split(",")
-    splits = evaluate.load_splits(config, cache)
+    splits = eval_backbone.load_splits(config, cache)
     extractor = FeatureExtractor(graphdef, params, seq, config.eval.batch_size)
     train = splits["train"]
-    probe = fit_probe(extractor(train.images, train.present)["cls"], train.label, evaluate.c_grid(config))
+    probe = fit_probe(extractor(train.images, train.present)["cls"], train.label, eval_backbone.c_grid(config))
     export_classifier(work / "clf", graphdef, params, probe, config, 7, seq)
-    return SimpleNamespace(work=work, cohort=work / "cohort", model=work / "clf", probe=probe, seq=seq,
+    return SimpleNamespace(cache=cache, cohort=cache.parent / "cohort", model=work / "clf", probe=probe, seq=seq,
                            extractor=extractor, test=splits["test"])
 
 
@@ -98,10 +97,10 @@ def test_slices_match_the_evaluation_subject_level(run, tmp_path):
           "--aggregate", aggregate])
     rows = {r["subject"]: r for r in json.loads(out.read_text())["subjects"]}
     size = load_config(SMOKE).data.eval_size
-    images, present, owner, _ = multislice.split_views(run.work / "cache", "test", run.seq, size, 2, labeled_only=False)
+    images, present, owner, _ = multislice.split_views(run.cache, "test", run.seq, size, 2, labeled_only=False)
     want = multislice.subject_probs(run.probe, run.extractor(images, present)["cls"], owner, owner.max() + 1,
                                     aggregate, len(CLASS_NAMES))
-    ids = json.loads((run.work / "cache" / "test" / "index.json").read_text())["ids"]
+    ids = json.loads((run.cache / "test" / "index.json").read_text())["ids"]
     for i, subject in enumerate(ids):
         assert rows[subject]["slices"] == np.sum(owner == i) > 1
         np.testing.assert_allclose(probs(rows[subject]), want[i], atol=1e-5)
@@ -205,7 +204,8 @@ def test_artifact_that_does_not_fit_is_refused(run, tmp_path, capsys):
     wide = Probe(**{**vars(run.probe), "coef": np.zeros((3, dim + 1)), "mean": np.zeros(dim + 1),
                     "scale": np.ones(dim + 1)})
     wide.save_npz(bad / "probe.npz")
-    with pytest.raises(ArtifactError, match=f"takes {dim + 1}-dimensional features, but the backbone's embed_dim is {dim}"):
+    message = f"takes {dim + 1}-dimensional features, but the backbone's embed_dim is {dim}"
+    with pytest.raises(ArtifactError, match=message):
         load_classifier(bad)
     (bad / "probe.npz").unlink()
     with pytest.raises(ArtifactError, match="probe.npz not found"):
@@ -217,13 +217,13 @@ def test_artifact_that_does_not_fit_is_refused(run, tmp_path, capsys):
 @pytest.mark.slow
 def test_evaluate_export_then_predict_cli(run, tmp_path):
     """The real commands: evaluate --export on a model directory, then python -m mmdino_jax.predict."""
-    from mmdino_jax import model_io
+    from mmdino_jax.models import io as model_io
 
     graphdef, params = nnx.split(load_classifier(run.model).backbone)
     model_io.save_model(tmp_path / "model", nnx.merge(graphdef, params))
     base = [sys.executable, "-m"]
     subprocess.run([*base, "mmdino_jax.evaluate", "--config", SMOKE, "--workdir", str(tmp_path),
-                    f"--config.data.cache={run.work / 'cache'}", "--checkpoint", str(tmp_path / "model"),
+                    f"--config.data.cache={run.cache}", "--checkpoint", str(tmp_path / "model"),
                     "--export", str(tmp_path / "clf")], cwd=ROOT, check=True, capture_output=True)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert load_classifier(tmp_path / "clf").probe.c == metrics["probe"]["c"]

@@ -13,7 +13,6 @@ from flax import nnx
 
 from mmdino_jax.config_base import load_config
 from mmdino_jax.constants import SEQUENCES
-from mmdino_jax.data.setup import ensure_cache
 from mmdino_jax.eval import fewshot, knn, multislice, segmentation
 from mmdino_jax.eval.report import compare_runs, write_report_md
 from mmdino_jax.models.build import build_models
@@ -121,9 +120,9 @@ def test_largest_slices_of_a_volume_match_the_cache_rows(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, smoke_cache):
     """One evaluation of a random-init smoke backbone with every protocol on two sequences."""
-    from mmdino_jax.evaluate import evaluate_backbone
+    from mmdino_jax.eval.backbone import evaluate_backbone
 
     work = tmp_path_factory.mktemp("protocols")
     config = load_config(SMOKE)
@@ -133,7 +132,7 @@ def evaluated(tmp_path_factory):
     config.eval.fewshot_draws = 10
     config.eval.segmentation.update(tokens="per_sequence", loss="dice_ce")
     config.eval.compare_init = False  # the backbone is the random init; the initial rows are rendered below
-    config.data.cache = str(ensure_cache(config.data, str(work), 0))
+    config.data.cache = str(smoke_cache)
     backbone, _, _ = build_models(config.model, config.seed)
     graphdef, params = nnx.split(backbone)
     payload = evaluate_backbone(config, str(work), graphdef, params, 0)

@@ -122,7 +122,7 @@ def test_plot_input_errors(tmp_path):
 
 
 def test_report_md_puts_trained_and_random_init_side_by_side(tmp_path):
-    from mmdino_jax.evaluate import summary_line
+    from mmdino_jax.eval.backbone import summary_line
 
     payload = json.loads(json.dumps(_payload(0), default=lambda o: o.item()))
     payload["initial"] = {"name": "random init", "splits": {"val": _split(7), "test": _split(8)},

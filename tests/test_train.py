@@ -1,51 +1,23 @@
-"""End-to-end training: the CLI on the synthetic cohort, exact resume after kill -9, mesh parity."""
+"""End-to-end training through the loop: the CLIs on the synthetic cohort, exact resume after kill -9 (MM-DINOv2
+and the supervised baseline), SIGTERM, mesh parity."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers.runs import ROOT, SMOKE, SUPERVISED_SMOKE, cli_cmd, metrics_by_step, run
 from mmdino_jax.config_base import load_config
-from mmdino_jax.data.setup import ensure_cache
-from mmdino_jax.learner import class_weights
-from mmdino_jax.train import host_batch
-
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = "configs/demo.py:smoke"
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """The smoke config's synthetic cohort, generated and prepared once for this module."""
-    work = tmp_path_factory.mktemp("smoke")
-    return ensure_cache(load_config(SMOKE).data, str(work), 0)
+from mmdino_jax.data.pipeline import host_batch
+from mmdino_jax.ssl.learner import class_weights
 
 
 def train_cmd(workdir, cache, *overrides):
-    """The training CLI; the workdir relative to the repository root, as users type it."""
-    workdir = os.path.relpath(workdir, ROOT)
-    return [sys.executable, "-m", "mmdino_jax.train", "--config", SMOKE, "--workdir", str(workdir),
-            f"--config.data.cache={cache}", "--config.log_every=1", *overrides]
-
-
-def losses_by_step(workdir) -> dict[int, float]:
-    """The last logged loss of every step (a resumed run logs some steps twice)."""
-    out = {}
-    for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            out[record["step"]] = record["loss"]
-    return out
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, **kw)
+    return cli_cmd("mmdino_jax.train", SMOKE, workdir, cache, *overrides)
 
 
 def test_host_batch_makes_samples_lead():
@@ -62,9 +34,9 @@ def test_class_weights_are_log_inverse_frequency():
     np.testing.assert_allclose(w, np.log(6 / np.array([2, 1, 3])), rtol=1e-6)
 
 
-def test_train_cli_stops_on_sigterm_resumes_and_evaluates(tmp_path, cache):
+def test_train_cli_stops_on_sigterm_resumes_and_evaluates(tmp_path, smoke_cache):
     validate = "--config.eval_every=3"  # a validation probe at step 3 and 6 marks the best checkpoint
-    proc = subprocess.Popen(train_cmd(tmp_path, cache, validate), cwd=ROOT, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(train_cmd(tmp_path, smoke_cache, validate), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while not (tmp_path / "metrics.jsonl").is_file() or not (tmp_path / "metrics.jsonl").read_text():
@@ -74,7 +46,7 @@ def test_train_cli_stops_on_sigterm_resumes_and_evaluates(tmp_path, cache):
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
     stopped = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert 1 <= stopped < 6
-    result = run(train_cmd(tmp_path, cache, validate))
+    result = run(train_cmd(tmp_path, smoke_cache, validate))
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from step {stopped}" in result.stdout + result.stderr
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -100,30 +72,34 @@ def test_train_cli_stops_on_sigterm_resumes_and_evaluates(tmp_path, cache):
         assert (tmp_path / "eval" / png).stat().st_size > 0
 
 
-def test_resume_after_kill_repeats_the_same_losses(tmp_path, cache):
+@pytest.mark.parametrize("module, config", [("mmdino_jax.train", SMOKE),
+                                            ("mmdino_jax.supervised", SUPERVISED_SMOKE)])
+def test_resume_after_kill_repeats_the_same_losses(tmp_path, smoke_cache, module, config):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     args = ("--config.eval.at_end=False", "--config.checkpoint_every=2")
-    assert run(train_cmd(reference, cache, *args)).returncode == 0
-    proc = subprocess.Popen(train_cmd(resumed, cache, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
+    first = run(cli_cmd(module, config, reference, smoke_cache, *args))
+    assert first.returncode == 0, first.stderr[-3000:]
+    proc = subprocess.Popen(cli_cmd(module, config, resumed, smoke_cache, *args), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while not (resumed / "checkpoints" / "4").is_dir():
         assert proc.poll() is None and time.time() < deadline, "training ended before checkpoint 4"
         time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
+    proc.kill()  # SIGKILL
     proc.wait()
-    result = run(train_cmd(resumed, cache, *args))
+    result = run(cli_cmd(module, config, resumed, smoke_cache, *args))
     assert result.returncode == 0, result.stderr[-3000:]
-    expected, got = losses_by_step(reference), losses_by_step(resumed)
+    assert "resumed from step" in result.stdout + result.stderr
+    expected, got = metrics_by_step(reference), metrics_by_step(resumed)
     assert sorted(got) == sorted(expected) == list(range(1, 7))
     for step in (5, 6):
-        assert got[step] == expected[step], (step, got[step], expected[step])
+        assert got[step]["loss"] == expected[step]["loss"], (step, got[step], expected[step])
 
 
-def test_one_step_on_8_devices_equals_one_device():
-    result = run([sys.executable, "tests/step_parity.py"])
+def test_two_steps_on_8_devices_equal_one_device_ssl_and_supervised():
+    result = run([sys.executable, "tests/helpers/step_parity.py"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("OK")
+    assert "OK ssl" in result.stdout and "OK supervised" in result.stdout
 
 
 def test_demo_uses_the_swept_recipe_and_the_paper_config_keeps_the_paper_values():
@@ -136,28 +112,19 @@ def test_demo_uses_the_swept_recipe_and_the_paper_config_keeps_the_paper_values(
             paper.ssl.koleo_warmup_steps, paper.eval.compare_init) == (0.992, "batch", 0.1, 0, False)
 
 
-def test_unknown_config_field_is_an_error(tmp_path):
-    result = run([sys.executable, "-m", "mmdino_jax.train", "--config", SMOKE, "--workdir", str(tmp_path),
-                  "--config.optim.no_such_field=1"])
-    assert result.returncode != 0
-    assert "no_such_field" in result.stderr
-
-
 def test_gradient_accumulation_updates_student_and_teacher_once_per_k_steps():
     import jax
 
     from mmdino_jax import sharding
-    from mmdino_jax.learner import build_learner, random_batch
+    from mmdino_jax.ssl.learner import build_learner, random_batch
+    from mmdino_jax.training.sharded import shard_learner
 
     config = load_config(SMOKE)
     config.optim.grad_accum_steps = 2
     config.optim.freeze_last_layer_steps = 0
     config.optim.warmup_steps = 0  # the first update must have a non-zero learning rate
-    mesh = sharding.make_mesh(1, jax.devices()[:1])
-    learner = build_learner(config)
-    state = learner["init"](learner["student"])
-    step = jax.jit(learner["make_step"](mesh))
-    key = jax.random.key(0)
+    run = shard_learner(build_learner(config), sharding.make_mesh(1, jax.devices()[:1]), donate=False)
+    state, step, key = run.state, run.step, run.key(0)
     changed = lambda a, b: any(jax.tree.leaves(jax.tree.map(lambda x, y: bool((x != y).any()), a, b)))
     first, _ = step(state, random_batch(config, 0), key)
     assert not changed(first["student"], state["student"]) and not changed(first["teacher"], state["teacher"])
@@ -166,21 +133,21 @@ def test_gradient_accumulation_updates_student_and_teacher_once_per_k_steps():
     assert np.isfinite(float(metrics["loss"]))
 
 
-def test_evaluate_refuses_a_checkpoint_of_another_architecture_and_a_cache_without_train(tmp_path, cache):
+def test_evaluate_refuses_a_checkpoint_of_another_architecture_and_a_cache_without_train(tmp_path, smoke_cache):
     from mmdino_jax import checkpoint as ckpt_lib
-    from mmdino_jax import evaluate
-    from mmdino_jax.learner import build_learner
-    from mmdino_jax.train import train_dataset
+    from mmdino_jax.eval import backbone as eval_backbone
+    from mmdino_jax.ssl.learner import build_learner
+    from mmdino_jax.training.data import train_dataset
 
     config = load_config(SMOKE)
-    config.data.cache = str(cache)
+    config.data.cache = str(smoke_cache)
     learner = build_learner(config)
     checkpoints = ckpt_lib.RunCheckpoints(str(tmp_path))
-    checkpoints.save(1, learner["init"](learner["student"]), iter(train_dataset(config, cache)), {})
+    checkpoints.save(1, learner.init(learner.params), iter(train_dataset(config, smoke_cache)), {})
     checkpoints.close()
     other = load_config(SMOKE)
     other.model.depth = 3
     with pytest.raises(ValueError, match="does not fit the config's model"):
-        evaluate.load_backbone(other, str(tmp_path))
+        eval_backbone.load_backbone(other, str(tmp_path))
     with pytest.raises(ValueError, match="no prepared train split"):
-        evaluate.load_splits(config, tmp_path)
+        eval_backbone.load_splits(config, tmp_path)

@@ -91,6 +91,13 @@ def test_masked_sequence_ignores_its_image():
     assert not np.allclose(fwd(model, x, (0, 1, 2))["cls"], fwd(model, other, (0, 1, 2))["cls"], atol=1e-4)
     with pytest.raises(ValueError, match="masks"):
         fwd(model, x, (0, 1, 2), jnp.zeros((2, 12), bool))
+    # present=False masks the whole sequence, alone or on top of token masks
+    present = jnp.ones((2, 3), bool).at[:, 1].set(False)
+    by_presence = nnx.jit(lambda m, im, p, t: m(im, (0, 1, 2), t, present=p))
+    np.testing.assert_array_equal(by_presence(model, x, present, None)["cls"], a["cls"])
+    tokens = jnp.zeros((2, 3, 4), bool).at[:, 0, :2].set(True)
+    np.testing.assert_array_equal(by_presence(model, x, present, tokens)["cls"],
+                                  fwd(model, x, (0, 1, 2), masks | tokens)["cls"])
 
 
 def test_channel_order_is_free_when_indices_follow():
@@ -130,7 +137,8 @@ def test_stochastic_depth_only_with_a_key(rate):
     np.testing.assert_array_equal(r1["cls"], r1b["cls"])
     assert not np.allclose(r1["cls"], det1["cls"], atol=1e-5)
     no_drop = DinoViT(ViTConfig(**TINY))
-    np.testing.assert_array_equal(fwd(no_drop, x, (0, 1), None, jax.random.key(1))["cls"], fwd(no_drop, x, (0, 1))["cls"])
+    np.testing.assert_array_equal(fwd(no_drop, x, (0, 1), None, jax.random.key(1))["cls"],
+                                  fwd(no_drop, x, (0, 1))["cls"])
 
 
 def test_drop_path_subset_keeps_the_other_samples_untouched():

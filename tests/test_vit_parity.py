@@ -13,11 +13,11 @@ F = torch.nn.functional
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import torch_dinov2_ref as ref  # noqa: E402
+from helpers import torch_dinov2_ref as ref  # noqa: E402
+from mmdino_jax.convert import dinov2  # noqa: E402
+from mmdino_jax.convert.checkpoints import _assign, _numpy_tree  # noqa: E402
 from mmdino_jax.models import DINOHead, DinoViT  # noqa: E402
 from mmdino_jax.models.pos_embed import resize_pos_grid  # noqa: E402
-from weights_conversion import dinov2  # noqa: E402
-from weights_conversion.convert import _assign, _numpy_tree  # noqa: E402
 
 
 @nnx.jit(static_argnums=(2,))

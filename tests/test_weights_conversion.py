@@ -12,13 +12,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import torch_dinov2_ref as ref  # noqa: E402
-from mmdino_jax.model_io import load_model  # noqa: E402
-from mmdino_jax.model_io import save_model  # noqa: E402
+from helpers import torch_dinov2_ref as ref  # noqa: E402
+from mmdino_jax.convert import dinov2  # noqa: E402
+from mmdino_jax.convert.__main__ import main  # noqa: E402
+from mmdino_jax.convert.files import read_state_dict, write_state_dict  # noqa: E402
 from mmdino_jax.models import DINOHead, DinoViT, ViTConfig  # noqa: E402
-from weights_conversion import dinov2  # noqa: E402
-from weights_conversion.__main__ import main  # noqa: E402
-from weights_conversion.files import read_state_dict, write_state_dict  # noqa: E402
+from mmdino_jax.models.io import load_model, save_model  # noqa: E402
 
 SEQS = (2, 0, 1, 3)
 
@@ -111,8 +110,10 @@ def test_hf_safetensors_directory(tmp_path, hf_names):
             hf[h + f"norm1.{p}"], hf[h + f"norm2.{p}"] = sd[b + f"norm1.{p}"], sd[b + f"norm2.{p}"]
             if hf_names == "v4":
                 hf |= {h + f"attention.attention.query.{p}": q, h + f"attention.attention.key.{p}": k,
-                       h + f"attention.attention.value.{p}": v, h + f"attention.output.dense.{p}": sd[b + "attn.proj." + p],
-                       h + f"mlp.weights_in.{p}": sd[b + "mlp.w12." + p], h + f"mlp.weights_out.{p}": sd[b + "mlp.w3." + p]}
+                       h + f"attention.attention.value.{p}": v,
+                       h + f"attention.output.dense.{p}": sd[b + "attn.proj." + p],
+                       h + f"mlp.weights_in.{p}": sd[b + "mlp.w12." + p],
+                       h + f"mlp.weights_out.{p}": sd[b + "mlp.w3." + p]}
             else:
                 hf |= {h + f"attention.q_proj.{p}": q, h + f"attention.k_proj.{p}": k, h + f"attention.v_proj.{p}": v,
                        h + f"attention.o_proj.{p}": sd[b + "attn.proj." + p], h + f"mlp.gate_proj.{p}": w12a,

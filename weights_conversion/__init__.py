@@ -1,2 +1,1 @@
-"""PyTorch DINOv2 / MM-DINOv2 / HF Dinov2 checkpoints <-> mmdino_jax model directories
-(`python -m weights_conversion SRC DST`)."""
+"""`python -m weights_conversion`: the design card's name of `python -m mmdino_jax.convert` (a thin alias)."""

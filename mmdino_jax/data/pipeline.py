@@ -100,6 +100,16 @@ def collate(samples: list[dict]) -> dict:
             "label": np.array([s["label"] for s in samples], np.int32)}
 
 
+def host_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Crop-major batch arrays (n*B, ...) -> sample-major (B, n, ...), so samples lead (the step's layout)."""
+    b = batch["label"].shape[0]
+    out = dict(batch)
+    for name in ("global", "local"):
+        x = batch[name]
+        out[name] = np.swapaxes(x.reshape(x.shape[0] // b, b, *x.shape[1:]), 0, 1)
+    return out
+
+
 def subsample_labels(labels: np.ndarray, keep_fraction: float, seed: int) -> np.ndarray:
     """Keep round(keep_fraction * n_c) labels of each class c (chosen by ``seed``); the rest become -1."""
     if not 0.0 <= keep_fraction <= 1.0:

@@ -22,12 +22,9 @@ class FeatureExtractor:
                  outputs: tuple[str, ...] = ("cls",)):
         self.params, self.batch_size, self.outputs = params, batch_size, outputs
         indices = sequence_indices(sequences)
-        patch = nnx.merge(backbone_def, params).cfg.patch_size
 
         def forward(p, images, keep):
-            n = (images.shape[-2] // patch) * (images.shape[-1] // patch)
-            masks = jnp.broadcast_to(~keep[:, :, None], (*keep.shape, n))
-            out = nnx.merge(backbone_def, p)(images, indices, masks=masks)
+            out = nnx.merge(backbone_def, p)(images, indices, present=keep)
             return {k: out[k] for k in outputs}
 
         self._forward = jax.jit(forward)
@@ -52,11 +49,10 @@ def attention_maps(backbone, sequences):
     """Jitted (images (N, S, H, W), keep (N, S)) -> last block's CLS attention, mean over heads, (N, S, h, w)."""
     graphdef, params = nnx.split(backbone)
     indices, patch = sequence_indices(sequences), backbone.cfg.patch_size
-    forward = jax.jit(lambda p, x, m: nnx.merge(graphdef, p).cls_attention(x, indices, masks=m).mean(axis=1))
+    forward = jax.jit(lambda p, x, k: nnx.merge(graphdef, p).cls_attention(x, indices, present=k).mean(axis=1))
 
     def maps(images: np.ndarray, keep: np.ndarray) -> np.ndarray:
         grid = (images.shape[-2] // patch, images.shape[-1] // patch)
-        masks = np.broadcast_to(~keep[:, :, None], (*keep.shape, grid[0] * grid[1]))
-        return np.asarray(forward(params, images, masks)).reshape(len(images), len(sequences), *grid)
+        return np.asarray(forward(params, images, keep)).reshape(len(images), len(sequences), *grid)
 
     return maps

@@ -1,8 +1,9 @@
 """Logistic-regression probe on frozen features, with C selected by MCC on a stratified hold-out.
 
-Protocol (recipe section 7, on the full feature vector): standardise, sweep C over `c_grid`, fit each C on
-(1 - holdout) of the train set and score MCC on the held-out rest, keep the best C (ties: the smaller C),
-refit on the whole train set. The fitted probe is plain arrays; `Probe.predict_proba` needs only numpy.
+Protocol (MM-DINOv2 `dinov2/eval/log_regression.py`, on the full feature vector): standardise, sweep C
+over `c_grid`, fit each C on (1 - holdout) of the train set and score MCC on the held-out rest, keep the best
+C (ties: the smaller C), refit on the whole train set. The fitted probe is plain arrays; `Probe.predict_proba`
+needs only numpy.
 """
 
 from __future__ import annotations

@@ -8,9 +8,17 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mmdino_jax import model_io
+from mmdino_jax.models import io as model_io
 from mmdino_jax.models.heads import DINOHead
 from mmdino_jax.models.vit import DinoViT, ViTConfig
+
+
+def compute_dtype(name: str, backend: str | None = None) -> str:
+    """`model.dtype`, with `auto` resolved: bfloat16 on GPU and TPU (float32 master weights; the heads and
+    losses stay float32), float32 on CPU, where XLA's bfloat16 matmuls are slower than float32 ones."""
+    if name != "auto":
+        return name
+    return "float32" if (backend or jax.default_backend()) == "cpu" else "bfloat16"
 
 
 def vit_config(model_cfg) -> ViTConfig:
@@ -19,7 +27,7 @@ def vit_config(model_cfg) -> ViTConfig:
     return ViTConfig.preset(
         model_cfg.arch, **overrides, num_registers=model_cfg.num_registers,
         drop_path_rate=model_cfg.drop_path_rate, layerscale_init=model_cfg.layerscale_init,
-        use_seq_embed=model_cfg.use_seq_embed, dtype=model_cfg.dtype)
+        use_seq_embed=model_cfg.use_seq_embed, dtype=compute_dtype(model_cfg.dtype))
 
 
 def build_models(model_cfg, seed: int) -> tuple[DinoViT, DINOHead, list[str]]:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmdino_jax.models.attention import IMPLEMENTATIONS, attention_weights, dot_product_attention
 from mmdino_jax.models.pos_embed import resize_pos_grid
 
 _PRESETS = {
@@ -34,8 +35,9 @@ class ViTConfig:
 
     Beyond the shared contract: `drop_path_uniform` (same rate in every block, as MM-DINOv2; else linear
     0 -> rate), `interpolate_offset` / `interpolate_antialias` (positional-embedding resampling: 0.1 / False
-    for the original and MM models, 0.0 / True for the `_reg4` hub models) and `remat` (recompute each block
-    in the backward pass to save memory).
+    for the original and MM models, 0.0 / True for the `_reg4` hub models), `remat` (recompute each block
+    in the backward pass to save memory) and `attention` (`models/attention.py`; "auto" picks the
+    backend's fastest implementation).
     """
 
     embed_dim: int = 768
@@ -55,6 +57,7 @@ class ViTConfig:
     interpolate_offset: float = 0.1
     interpolate_antialias: bool = False
     remat: bool = False
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.ffn not in ("mlp", "swiglu"):
@@ -65,6 +68,8 @@ class ViTConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.attention not in IMPLEMENTATIONS:
+            raise ValueError(f"ViTConfig.attention must be one of {IMPLEMENTATIONS}, got {self.attention!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ViTConfig":
@@ -111,9 +116,31 @@ class LayerScale(nnx.Module):
         return x * self.gamma[...].astype(x.dtype)
 
 
+class PatchEmbed(nnx.Module):
+    """Non-overlapping p x p patches of 1-channel images -> (M, N, D), as a matmul on the patchified images.
+
+    Same parameters as the stride-p `nnx.Conv` it replaces (`kernel` (p, p, 1, D) HWIO, `bias` (D,)) and
+    the same result; XLA:CPU runs the matmul and its weight gradient faster than the convolution.
+    """
+
+    def __init__(self, patch_size: int, dim: int, dtype, rngs: nnx.Rngs):
+        self.patch_size, self.dtype = patch_size, dtype
+        self.kernel = nnx.Param(_LINEAR_INIT(rngs.params(), (patch_size, patch_size, 1, dim)))
+        rngs.params()  # the key nnx.Conv drew for its (zero) bias: a seed builds the same model as before
+        self.bias = nnx.Param(jnp.zeros((dim,)))
+
+    def __call__(self, images):
+        m, h, w = images.shape
+        p = self.patch_size
+        patches = images.reshape(m, h // p, p, w // p, p).transpose(0, 1, 3, 2, 4)
+        patches = patches.reshape(m, (h // p) * (w // p), p * p).astype(self.dtype)
+        kernel = self.kernel[...].reshape(p * p, -1).astype(self.dtype)
+        return patches @ kernel + self.bias[...].astype(self.dtype)
+
+
 class Attention(nnx.Module):
-    def __init__(self, dim: int, num_heads: int, dtype, rngs: nnx.Rngs):
-        self.num_heads = num_heads
+    def __init__(self, dim: int, num_heads: int, dtype, rngs: nnx.Rngs, implementation: str = "auto"):
+        self.num_heads, self.implementation = num_heads, implementation
         self.qkv = _linear(dim, 3 * dim, dtype, rngs)
         self.proj = _linear(dim, dim, dtype, rngs)
 
@@ -124,14 +151,13 @@ class Attention(nnx.Module):
 
     def __call__(self, x):
         q, k, v = self._qkv(x)
-        out = jax.nn.dot_product_attention(q, k, v)
+        out = dot_product_attention(q, k, v, self.implementation)
         return self.proj(out.reshape(x.shape))
 
     def weights(self, x):
         """Softmax attention probabilities (B, heads, T, T), float32."""
         q, k, _ = self._qkv(x)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        return jax.nn.softmax(logits * q.shape[-1] ** -0.5, axis=-1)
+        return attention_weights(q, k)
 
 
 class Mlp(nnx.Module):
@@ -172,7 +198,7 @@ class Block(nnx.Module):
         dt, d = cfg.compute_dtype, cfg.embed_dim
         self.drop_path = drop_path
         self.norm1 = _layernorm(d, dt, rngs)
-        self.attn = Attention(d, cfg.num_heads, dt, rngs)
+        self.attn = Attention(d, cfg.num_heads, dt, rngs, cfg.attention)
         self.ls1 = LayerScale(d, cfg.layerscale_init)
         self.norm2 = _layernorm(d, dt, rngs)
         self.mlp = (Mlp if cfg.ffn == "mlp" else SwiGLU)(d, cfg.hidden_dim, dt, rngs)
@@ -192,15 +218,14 @@ _run_block_remat = nnx.remat(_run_block)
 
 
 class DinoViT(nnx.Module):
-    """`model(images (B,S,H,W), sequences, masks=(B,S,N) bool|None, rng=key|None)` -> cls/registers/patch."""
+    """`model(images (B,S,H,W), sequences, masks=(B,S,N) bool|None, rng=key|None, present=(B,S) bool|None)`
+    -> cls/registers/patch. `present` False masks every token of that sequence (absent in that sample)."""
 
     def __init__(self, cfg: ViTConfig, rngs: nnx.Rngs | None = None):
         rngs = nnx.Rngs(0) if rngs is None else rngs
         self.cfg = cfg
         d, p, dt = cfg.embed_dim, cfg.patch_size, cfg.compute_dtype
-        self.patch_embed = nnx.Conv(
-            1, d, (p, p), strides=(p, p), padding="VALID", dtype=dt, kernel_init=_LINEAR_INIT, rngs=rngs
-        )
+        self.patch_embed = PatchEmbed(p, d, dt, rngs)
         key = rngs.params
         self.cls_token = nnx.Param(1e-6 * jax.random.normal(key(), (1, 1, d)))
         self.pos_embed = nnx.Param(_LINEAR_INIT(key(), (1, 1 + cfg.pos_grid**2, d)))
@@ -217,7 +242,7 @@ class DinoViT(nnx.Module):
         self.norm = _layernorm(d, jnp.float32, rngs)
 
     # --- token construction -------------------------------------------------------------------------
-    def _embed(self, images, sequences, masks):
+    def _embed(self, images, sequences, masks, present=None):
         cfg = self.cfg
         b, s, h, w = images.shape
         p, d = cfg.patch_size, cfg.embed_dim
@@ -228,10 +253,12 @@ class DinoViT(nnx.Module):
             raise ValueError(f"{s} input channels but {len(sequences)} sequence indices {sequences}")
         if any(not 0 <= i < cfg.num_seq_embed for i in sequences):
             raise ValueError(f"sequence indices {sequences} out of range [0, {cfg.num_seq_embed})")
+        if present is not None:
+            absent = jnp.broadcast_to(~present[:, :, None], (b, s, (h // p) * (w // p)))
+            masks = absent if masks is None else masks | absent
         h0, w0 = h // p, w // p
         n = h0 * w0
-        x = self.patch_embed(images.reshape(b * s, h, w, 1).astype(cfg.compute_dtype))
-        x = x.reshape(b, s, n, d).astype(jnp.float32)
+        x = self.patch_embed(images.reshape(b * s, h, w)).reshape(b, s, n, d).astype(jnp.float32)
         if masks is not None:
             if masks.shape != (b, s, n):
                 raise ValueError(f"masks must have shape {(b, s, n)}, got {masks.shape}")
@@ -266,17 +293,19 @@ class DinoViT(nnx.Module):
         sequences: Sequence[int],
         masks: jax.Array | None = None,
         rng: jax.Array | None = None,
+        present: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
-        x = self._embed(images, sequences, masks)
+        x = self._embed(images, sequences, masks, present)
         x = self.norm(self._blocks(x, rng, self.blocks))
         r = self.cfg.num_registers
         return {"cls": x[:, 0], "registers": x[:, 1 : 1 + r], "patch": x[:, 1 + r :]}
 
     def cls_attention(
-        self, images: jax.Array, sequences: Sequence[int], masks: jax.Array | None = None
+        self, images: jax.Array, sequences: Sequence[int], masks: jax.Array | None = None,
+        present: jax.Array | None = None,
     ) -> jax.Array:
         """Last block's attention from CLS to every patch token, (B, heads, S*N) (deterministic)."""
-        x = self._blocks(self._embed(images, sequences, masks), None, self.blocks[:-1])
+        x = self._blocks(self._embed(images, sequences, masks, present), None, self.blocks[:-1])
         last = self.blocks[-1]
         attn = last.attn.weights(last.norm1(x))
         return attn[:, :, 0, 1 + self.cfg.num_registers :]

@@ -1,4 +1,5 @@
-"""DINO, iBOT, KoLeo and semi-supervised losses (recipe.md section 3), pure functions of arrays.
+"""DINO, iBOT, KoLeo and semi-supervised losses (MM-DINOv2 / DINOv2 `dinov2/loss/*.py`,
+`dinov2/train/ssl_meta_arch.py`), pure functions of arrays.
 
 Teacher targets are probabilities (centred softmax or Sinkhorn-Knopp, see `ssl/teacher.py`); student
 inputs are head logits, divided by `student_temp` here.
@@ -6,7 +7,8 @@ inputs are head logits, divided by `student_temp` here.
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from mmdino_jax.constants import UNLABELED
 

@@ -1,8 +1,8 @@
 """Student input masks, drawn in-graph from `jax.random` keys with static shapes.
 
-Three sources are combined (recipe.md section 2): iBOT block masks on the patch grid (DINOv2's
-`MaskingGenerator` and collate rules), whole-sequence masks (MM-DINOv2's full-modality masking) and
-absent sequences, which are always masked and are never iBOT targets.
+Three sources are combined (MM-DINOv2 `dinov2/data/collate.py`, `dinov2/data/masking.py`): iBOT block
+masks on the patch grid (DINOv2's `MaskingGenerator` and collate rules), whole-sequence masks (MM-DINOv2's
+full-modality masking) and absent sequences, which are always masked and are never iBOT targets.
 """
 
 import math

@@ -1,4 +1,4 @@
-"""The MM-DINOv2 student-teacher update: one pure function, jitted over a mesh by train.py.
+"""The MM-DINOv2 student-teacher update: one pure function, jitted over a mesh by training/sharded.py.
 
 Batch on device (sample axis first, split over the mesh):
   global (B, n_g, S, H, W), local (B, n_l, S, h, w), present (B, S) bool, label (B,) int32.
@@ -16,7 +16,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from mmdino_jax.ssl import losses, masking, signals, teacher as teacher_lib
+from mmdino_jax.ssl import losses, masking, signals
+from mmdino_jax.ssl import teacher as teacher_lib
 
 LOSS_TERMS = ("dino_local", "dino_global", "ibot", "koleo", "semi")
 
@@ -51,11 +52,6 @@ def init_state(student: dict, tx: optax.GradientTransformation, n_prototypes: in
     }
 
 
-def _absent_masks(present: jax.Array, n_patches: int) -> jax.Array:
-    """(M,S,N) masks covering every token of the sequences a crop lacks."""
-    return jnp.broadcast_to(~present[:, :, None], (*present.shape, n_patches))
-
-
 def _at(schedule: jax.Array, update: jax.Array) -> jax.Array:
     return schedule[jnp.minimum(update, schedule.shape[0] - 1)]
 
@@ -79,14 +75,14 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
     key: the step folds its step number in, so masks and stochastic depth repeat on resume.
     """
 
-    def backbone(params, images, masks=None, rng=None):
-        return nnx.merge(backbone_def, params)(images, cfg.sequences, masks=masks, rng=rng)
+    def backbone(params, images, masks=None, rng=None, present=None):
+        return nnx.merge(backbone_def, params)(images, cfg.sequences, masks=masks, rng=rng, present=present)
 
     def head(params, x):
         return nnx.merge(head_def, params)(x)
 
     def teacher_targets(teacher, globals_, present_g, temp, center, ibot_center):
-        out = backbone(teacher["backbone"], globals_, masks=_absent_masks(present_g, _n_patches(globals_)))
+        out = backbone(teacher["backbone"], globals_, present=present_g)
         cls_logits = head(teacher["head"], out["cls"])
         patch_logits = head(teacher["head"], out["patch"])
         if cfg.centering == "centering":
@@ -99,9 +95,6 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
             raise ValueError(f"ssl.centering must be centering or sinkhorn_knopp, not {cfg.centering!r}")
         return cls_logits, patch_logits, cls_probs, patch_probs
 
-    def _n_patches(images):
-        return (images.shape[-2] // cfg.patch_size) * (images.shape[-1] // cfg.patch_size)
-
     def loss_fn(student, batch, targets, masks, target_tokens, key, weights):
         cls_probs, patch_probs = targets
         n_g, n_l = batch["global"].shape[1], batch["local"].shape[1]
@@ -110,8 +103,7 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
         locals_ = _flatten_crops(batch["local"])
         present_l = jnp.repeat(batch["present"], n_l, axis=0)
         out_g = backbone(student["backbone"], globals_, masks=masks, rng=k_g)
-        out_l = backbone(student["backbone"], locals_, masks=_absent_masks(present_l, _n_patches(locals_)),
-                         rng=k_l)
+        out_l = backbone(student["backbone"], locals_, rng=k_l, present=present_l)
         s_global = _by_crop(head(student["head"], out_g["cls"]), n_g)
         s_local = _by_crop(head(student["head"], out_l["cls"]), n_l)
         s_patch = head(student["head"], out_g["patch"])

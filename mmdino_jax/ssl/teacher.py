@@ -1,4 +1,5 @@
-"""Teacher targets (centring, Sinkhorn-Knopp) and the EMA teacher update (recipe.md section 3).
+"""Teacher targets (centring, Sinkhorn-Knopp) and the EMA teacher update (DINOv2
+`dinov2/loss/dino_clstoken_loss.py`, `dinov2/train/ssl_meta_arch.py`).
 
 Under `jit` with a data-sharded batch every reduction here is global, so no explicit all-reduce is
 needed to match DINOv2's distributed statistics.

@@ -35,7 +35,8 @@ _HF_RENAMES = [
     (r"^layernorm\.", "norm."),
 ]
 # pieces concatenated along the output axis: (parts, fused name)
-_HF_FUSE = [(("query", "key", "value"), "attn.qkv"), (("q", "k", "v"), "attn.qkv"), (("gate_proj", "up_proj"), "mlp.w12")]
+_HF_FUSE = [(("query", "key", "value"), "attn.qkv"), (("q", "k", "v"), "attn.qkv"),
+            (("gate_proj", "up_proj"), "mlp.w12")]
 
 
 # --- normalising key sets --------------------------------------------------------------------------------
@@ -166,7 +167,9 @@ def _head_linears(sd) -> list[str]:
 
 
 def _weight_v(sd):
-    return sd["last_layer.weight_v"] if "last_layer.weight_v" in sd else sd["last_layer.parametrizations.weight.original1"]
+    if "last_layer.weight_v" in sd:
+        return sd["last_layer.weight_v"]
+    return sd["last_layer.parametrizations.weight.original1"]
 
 
 # --- tensor mapping --------------------------------------------------------------------------------------
@@ -188,7 +191,8 @@ def _backbone_table(cfg: ViTConfig) -> list[tuple[str, tuple, str]]:
     for i in range(cfg.depth):
         b = f"blocks.{i}."
         for n in ("norm1", "norm2"):
-            t += [(b + n + ".weight", ("blocks", i, n, "scale"), "id"), (b + n + ".bias", ("blocks", i, n, "bias"), "id")]
+            t += [(b + n + ".weight", ("blocks", i, n, "scale"), "id"),
+                  (b + n + ".bias", ("blocks", i, n, "bias"), "id")]
         for n in lin:
             path = ("blocks", i, *n.split("."))
             t += [(b + n + ".weight", path + ("kernel",), "linear"), (b + n + ".bias", path + ("bias",), "id")]

@@ -1,4 +1,4 @@
-"""A run's learner: models, optimizer, schedules and train step, built from its config."""
+"""The MM-DINOv2 learner: student and teacher models, optimizer, schedules and the SSL step, from a run config."""
 
 from __future__ import annotations
 
@@ -8,22 +8,11 @@ from flax import nnx
 
 from mmdino_jax import optim
 from mmdino_jax.constants import sequence_indices
+from mmdino_jax.data.pipeline import CachedSplit
 from mmdino_jax.models.build import build_models
+from mmdino_jax.ssl import signals
 from mmdino_jax.ssl import step as step_lib
-
-
-def optimizer_updates(config) -> int:
-    """Optimizer updates in a run: `total_steps` counts micro-batches when gradients are accumulated;
-    the schedule lengths in `config.optim` (warmup, freezes) count updates."""
-    return config.total_steps // config.optim.grad_accum_steps
-
-
-def optimizer_config(config, depth: int) -> dict:
-    """The optim.make_optimizer fields of a run config (lr scaled by sqrt(effective batch / 1024))."""
-    o = config.optim
-    batch = config.data.batch_size * o.grad_accum_steps
-    return {**o.to_dict(), "base_lr": optim.lr_scale(o.base_lr, batch),
-            "total_steps": optimizer_updates(config), "depth": depth}
+from mmdino_jax.training.learner import Learner
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -33,12 +22,17 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return np.log(max(len(labeled), 1) / np.maximum(counts, 1.0)).astype(np.float32)
 
 
-def build_learner(config, class_weight_labels: np.ndarray | None = None, abstract: bool = False) -> dict:
-    """Models, optimizer, schedules and the (unjitted) train step of a run config.
+def teacher_backbone(state) -> dict:
+    """The parameters evaluated and exported from an SSL train state: the teacher's backbone."""
+    return state["teacher"]["backbone"]
 
-    Keys: backbone_def, head_def, student (pure-dict parameters), tx, lr (per-step array), init
-    (student -> train state), make_step (mesh -> step), sequences, fresh (parameters left at random init).
-    `abstract=True` gives ShapeDtypeStruct parameters (nothing allocated: memory and compile studies).
+
+def build_learner(config, class_weight_labels: np.ndarray | None = None, abstract: bool = False) -> Learner:
+    """The SSL learner of a run config; its state is ssl/step.py's `init_state` of the student parameters.
+
+    `class_weight_labels` (the train split's labels) give the dataset-level class weights of the
+    semi-supervised term. `abstract=True` gives ShapeDtypeStruct parameters (nothing allocated: memory and
+    compile studies).
     """
     if abstract:
         backbone, head = nnx.eval_shape(lambda: build_models(config.model, config.seed)[:2])
@@ -48,7 +42,7 @@ def build_learner(config, class_weight_labels: np.ndarray | None = None, abstrac
     backbone_def, backbone_params = nnx.split(backbone)
     head_def, head_params = nnx.split(head)
     student = {"backbone": backbone_params.to_pure_dict(), "head": head_params.to_pure_dict()}
-    opt_cfg = optimizer_config(config, backbone.cfg.depth)
+    opt_cfg = optim.optimizer_config(config, backbone.cfg.depth)
     schedules = optim.optimizer_schedules(opt_cfg)
     tx = optim.make_optimizer(student, schedules, opt_cfg)
     s = config.ssl
@@ -56,18 +50,24 @@ def build_learner(config, class_weight_labels: np.ndarray | None = None, abstrac
         "teacher_temp": jnp.asarray(optim.teacher_temp_schedule(
             s.teacher_temp, s.warmup_teacher_temp, s.warmup_teacher_temp_steps), jnp.float32),
         "teacher_momentum": jnp.asarray(optim.cosine_schedule(
-            s.momentum_teacher, s.final_momentum_teacher, optimizer_updates(config)), jnp.float32),
+            s.momentum_teacher, s.final_momentum_teacher, optim.optimizer_updates(config)), jnp.float32),
         "koleo_scale": jnp.asarray(optim.linear_warmup(s.koleo_warmup_steps), jnp.float32),
     }
     n_classes = config.model.head_n_prototypes
     weights = None if class_weight_labels is None else jnp.asarray(class_weights(class_weight_labels, n_classes))
-    sequences = sequence_indices(config.data.sequences)
-    step_cfg = step_lib.step_config(config, sequences, backbone.cfg.patch_size)
-    return dict(
-        backbone_def=backbone_def, head_def=head_def, student=student, tx=tx, lr=schedules["lr"],
-        init=lambda params: step_lib.init_state(params, tx, n_classes), sequences=sequences, fresh=fresh,
-        make_step=lambda mesh: step_lib.make_train_step(
-            step_cfg, backbone_def, head_def, tx, ssl_schedules, mesh, weights))
+    step_cfg = step_lib.step_config(config, sequence_indices(config.data.sequences), backbone.cfg.patch_size)
+    return Learner(
+        params=student, init=lambda params: step_lib.init_state(params, tx, n_classes),
+        make_step=lambda mesh: step_lib.make_train_step(step_cfg, backbone_def, head_def, tx, ssl_schedules,
+                                                        mesh, weights),
+        lr=schedules["lr"], backbone_def=backbone_def, backbone_of=teacher_backbone,
+        grad_accum_steps=config.optim.grad_accum_steps, fresh=tuple(fresh), progress=signals.progress_fields,
+        health=lambda: signals.HealthCheck(n_classes, grace=s.warmup_teacher_temp_steps).update)
+
+
+def learner_for_cache(config, cache) -> Learner:
+    """The learner of a run on `cache`: dataset-level class weights from its train split's labels."""
+    return build_learner(config, CachedSplit(cache, "train").labels)
 
 
 def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:

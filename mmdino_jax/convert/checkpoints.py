@@ -13,11 +13,11 @@ from flax import nnx
 
 from mmdino_jax.checksums import file_sha256
 from mmdino_jax.constants import SEQUENCES, sequence_indices
-from mmdino_jax.model_io import load_model, save_model
+from mmdino_jax.convert import dinov2
+from mmdino_jax.convert.files import check_finite, read_state_dict, write_state_dict
 from mmdino_jax.models.heads import DINOHead
+from mmdino_jax.models.io import load_model, save_model
 from mmdino_jax.models.vit import DinoViT
-from weights_conversion import dinov2
-from weights_conversion.files import check_finite, read_state_dict, write_state_dict
 
 HEAD_CHOICES = ("auto", "dino", "ibot", "none")
 
@@ -58,7 +58,10 @@ def import_checkpoint(
     the architecture, checked against the shapes. Returns the model directory."""
     if head not in HEAD_CHOICES:
         raise ValueError(f"head must be one of {HEAD_CHOICES}, got {head!r}")
-    seq_names = SEQUENCES if sequences is None else tuple(sequences.split(",") if isinstance(sequences, str) else sequences)
+    if sequences is None:
+        seq_names = SEQUENCES
+    else:
+        seq_names = tuple(sequences.split(",") if isinstance(sequences, str) else sequences)
     sequence_indices(seq_names)  # validates
     raw, hf_config = read_state_dict(src, branch)
     layout = _layout(raw)

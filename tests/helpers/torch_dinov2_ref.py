@@ -1,5 +1,6 @@
-"""Independent PyTorch reference of the MM-DINOv2 backbone and DINOv2 head, written from the fact sheet
-(shared/reference/recipe.md sections 1, 3 and 8), working directly on DINOv2-named state dicts.
+"""Independent PyTorch reference of the MM-DINOv2 backbone and DINOv2 head, written from the upstream
+sources (MM-DINOv2 `dinov2/models/vision_transformer.py`, DINOv2 `dinov2/layers/*.py` and
+`dinov2/layers/dino_head.py`), working directly on DINOv2-named state dicts.
 
 Used only by the parity tests; it follows the PyTorch originals step by step: grey image repeated to RGB,
 3-channel patch conv, mask token, CLS + `F.interpolate`d positional embedding, registers after CLS, one CLS,
@@ -40,7 +41,8 @@ def random_backbone_sd(
         sd["mri_seq_embed.weight"] = r(4, d, scale=1.0)
     for i in range(depth):
         b = f"blocks.{i}."
-        sd |= {b + "norm1.weight": 1 + r(d), b + "norm1.bias": r(d), b + "norm2.weight": 1 + r(d), b + "norm2.bias": r(d)}
+        sd |= {b + "norm1.weight": 1 + r(d), b + "norm1.bias": r(d)}
+        sd |= {b + "norm2.weight": 1 + r(d), b + "norm2.bias": r(d)}
         sd |= {b + "attn.qkv.weight": r(3 * d, d), b + "attn.qkv.bias": r(3 * d)}
         sd |= {b + "attn.proj.weight": r(d, d), b + "attn.proj.bias": r(d)}
         sd |= {b + "ls1.gamma": 1 + r(d), b + "ls2.gamma": 1 + r(d)}

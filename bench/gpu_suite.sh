@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of issue 12 in one run of about 12 minutes on one H100/H200 (prepared on a CPU
+# machine; see bench/README.md "GPU" for the figures it produced, if any):
+#   1. the MM-DINOv2 train step at the paper's shapes (batch 64, 4 sequences, 2x98 + 8x56 crops), ViT-S/14
+#      and ViT-B/14, JAX in bf16 (model.dtype auto, cuDNN flash attention) against the PyTorch reference
+#      step in bf16 autocast with torch.compile, interleaved; samples/s and MFU against the bf16 dense peak;
+#   2. attention alone, JAX cuDNN / XLA against PyTorch SDPA, at the step's shapes;
+#   3. the input pipeline with 8 workers against the fastest measured step rate.
+# Tables go to $OUT (default bench/gpu_out). Before, where pip works: bash bench/gpu_wheels.sh, then carry
+# `.whl` along (grain, ml-collections and nibabel are installed from it offline if missing).
+#   OUT=/some/dir bash bench/gpu_suite.sh          PEAK_TFLOPS=989 (H100/H200 SXM bf16 dense)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-bench/gpu_out}
+peak=${PEAK_TFLOPS:-989}
+mkdir -p "$out"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}  # leave room for PyTorch
+if ! python3 -c "import grain, ml_collections, nibabel" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_site .whl/*.whl
+  export PYTHONPATH=$PYTHONPATH:/tmp/gpu_site
+fi
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices()); print('torch', torch.__version__)"
+  echo "CPUs: $(nproc)"
+} > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+
+timeout 480 python3 bench/bench_step.py --config configs/mmdino_vits14.py --config configs/mmdino_vitb14.py \
+  --steps 10 --torch --torch-device cuda --torch-dtype bfloat16 --torch-compile --peak-tflops "$peak" \
+  --json "$out/step.json" 2>&1 | tee "$out/step.md"
+
+timeout 90 python3 bench/bench_attention.py --dtype bfloat16 --wall --shape 128,197,6,64 --shape 512,65,6,64 \
+  --shape 128,197,12,64 --shape 512,65,12,64 2>&1 | tee "$out/attention.md"
+
+rate=$(python3 -c "import json; print(max(r['samples_per_s'] for r in json.load(open('$out/step.json'))))" \
+  2>/dev/null || echo 900)
+timeout 150 python3 bench/bench_pipeline.py --subjects 12 --batch-size 64 --batches 16 --naive-samples 8 \
+  --workers "$(( $(nproc) < 8 ? $(nproc) : 8 ))" --target "$rate" --out "$out/pipeline.md" 2>&1 | tail -n 20
+ls -l "$out"

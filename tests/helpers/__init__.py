@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (never import one test module from another)."""
