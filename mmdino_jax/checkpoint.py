@@ -137,12 +137,13 @@ class RunCheckpoints:
                         "; ".join(problems[:3]))
         return None
 
-    def restore_latest(self, abstract_state, data_iterator, config):
+    def restore_latest(self, abstract_state, data_iterator, config=None):
         """Resume: (step, state) of the newest intact checkpoint, (0, None) if there is none.
 
         A step whose files do not match its manifest, or without a manifest cannot be read, is skipped with a
         warning and moved to ``<workdir>/checkpoints.corrupt/`` (so that training can save that step again).
-        A step that is intact but made with other model shapes is refused (WorkdirError).
+        A step that is intact but made with other model shapes (than ``config.model``, when given) or that does
+        not fit ``abstract_state`` is refused (WorkdirError).
         """
         bad: dict[int, str] = {}
         found, state = 0, None
@@ -152,7 +153,8 @@ class RunCheckpoints:
                 bad[step] = "; ".join(problems[:3])
                 continue
             try:
-                self.check_same_model(step, config)
+                if config is not None:
+                    self.check_same_model(step, config)
                 state, _ = self.restore(step, abstract_state, data_iterator)
             except WorkdirError:
                 raise

@@ -35,8 +35,9 @@ class CorruptFileError(UserError, ValueError):
     """A file whose contents do not match the checksum recorded when it was written."""
 
 
-# What a user can cause: everything else reaching run_cli is a bug in the tool.
-USER_ERRORS = (UserError, ValueError, OSError, EOFError, ImportError, AbslUsageError)
+# What a user can cause (FloatingPointError: training's non-finite loss stop, whose message says what to change);
+# everything else reaching run_cli is a bug in the tool.
+USER_ERRORS = (UserError, ValueError, OSError, EOFError, ImportError, FloatingPointError, AbslUsageError)
 
 
 def one_line(err: BaseException) -> str:

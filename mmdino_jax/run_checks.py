@@ -49,21 +49,23 @@ def check_train_config(config, device_count: int) -> None:
         value = _get(config, name)
         if value is not None and value < 1:
             raise ConfigError(f"config.{name} = {value} must be >= 1")
-    batch = config.data.batch_size
-    if batch % device_count:
+    batch = _get(config, "data.batch_size")
+    if batch is not None and batch % device_count:
         raise ConfigError(f"config.data.batch_size = {batch} is not divisible by the {device_count} devices; "
                           f"use a multiple of {device_count}")
-    if config.model.arch not in _PRESETS:
-        raise ConfigError(f"config.model.arch = {config.model.arch!r} is unknown; choose from {', '.join(_PRESETS)}")
-    try:
-        sequence_indices(config.data.sequences)
-    except ValueError as err:
-        raise ConfigError(f"config.data.sequences = {config.data.sequences!r}: {err}") from None
+    arch = _get(config, "model.arch")
+    if arch is not None and arch not in _PRESETS:
+        raise ConfigError(f"config.model.arch = {arch!r} is unknown; choose from {', '.join(_PRESETS)}")
+    sequences = _get(config, "data.sequences")
+    if sequences is not None:
+        try:
+            sequence_indices(sequences)
+        except ValueError as err:
+            raise ConfigError(f"config.data.sequences = {sequences!r}: {err}") from None
     for name, is_ok, what in (("data.root", Path.is_dir, "directory"), ("data.labels_csv", Path.is_file, "file")):
         value = _get(config, name)
         if value and not is_ok(Path(value).expanduser()):
             raise ConfigError(f"config.{name} = {value!r}: no such {what}; fix the path (or leave it empty)")
-
 
 
 def check_output_file(path, flag: str) -> None:

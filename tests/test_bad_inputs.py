@@ -29,12 +29,11 @@ from mmdino_jax.config_base import load_config
 from mmdino_jax.convert.__main__ import main as convert_main
 from mmdino_jax.data import prepare
 from mmdino_jax.data.blank import constant_views
-from mmdino_jax.data.setup import ensure_cache
 from mmdino_jax.eval import backbone as eval_backbone
 from mmdino_jax.eval.probe import Probe
 from mmdino_jax.export import export_classifier
 from mmdino_jax.models.build import build_models
-from mmdino_jax.models.io import save_model
+from mmdino_jax.models.io import load_model, save_model
 from mmdino_jax.run_checks import check_train_config
 from mmdino_jax.ssl.learner import build_learner
 from mmdino_jax.training.data import train_dataset
@@ -48,13 +47,12 @@ SMOKE = "configs/demo.py:smoke"
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """A 10-subject smoke cohort + cache, an exported classifier (random backbone, random probe: these tests
+def smoke(smoke_cache, tmp_path_factory):
+    """The session's smoke cohort and cache, an exported classifier (random backbone, random probe: these tests
     need a valid artifact, not a good one) and a run directory with checkpoints at steps 2 and 3."""
     work = tmp_path_factory.mktemp("bad_inputs")
     config = load_config(SMOKE)
-    config.data.phantom.update(train_subjects=8, val_subjects=1, test_subjects=1, missing_rate=0.0)
-    cache = ensure_cache(config.data, str(work), 0)
+    cache = smoke_cache
     config.data.cache = str(cache)
     graphdef, params = nnx.split(build_models(config.model, 0)[0])
     dim, rng = config.model.embed_dim, np.random.default_rng(0)
@@ -68,7 +66,7 @@ def smoke(tmp_path_factory):
     for step in (2, 3):
         checkpoints.save(step, state, iter(train_dataset(config, cache)), meta, force=True)
     checkpoints.close()
-    return SimpleNamespace(work=work, config=config, cache=cache, cohort=work / "cohort", clf=work / "clf",
+    return SimpleNamespace(work=work, config=config, cache=cache, cohort=cache.parent / "cohort", clf=work / "clf",
                            run=work / "run", state=state)
 
 
@@ -265,7 +263,7 @@ def test_evaluate_masks_blank_views_of_an_old_cache(smoke, tmp_path, caplog):
     images = np.load(tmp_path / "test" / "images.npy", mmap_mode="r+")
     slices = np.load(tmp_path / "test" / "slices.npy")
     index = json.loads((tmp_path / "test" / "index.json").read_text())
-    subject = next(i for i, p in enumerate(index["present"]) if p[2])
+    subject = next(i for i, p in enumerate(index["present"]) if p[0] and p[2])  # has t1 and t2
     images[slices[:, 0] == subject, 2] = 0  # t2 (canonical index 2) blank
     images.flush()
     split = eval_backbone.Split.load(tmp_path, "test", ["t1", "t2"], 28, labeled_only=False)
@@ -488,20 +486,18 @@ def test_predict_applies_the_blank_rule(predicted, case, status, missing, words)
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
-    """A tiny model directory, and the same weights with a NaN."""
-    from mmdino_jax.models import DinoViT, ViTConfig
-
+def model_dirs(smoke, tmp_path_factory):
+    """The artifact's backbone as a model directory (m), and the same weights with a NaN (nan)."""
     root = tmp_path_factory.mktemp("models")
-    model = DinoViT(ViTConfig(embed_dim=32, depth=1, num_heads=2, pos_grid=2), nnx.Rngs(0))
-    save_model(root / "m", model, meta={"sequences": ["t2", "flair"]})
+    shutil.copytree(smoke.clf / "backbone", root / "m")
+    model, _, meta = load_model(root / "m")
     model.cls_token.value = model.cls_token.value.at[0, 0, 0].set(np.nan)
-    save_model(root / "nan", model, meta={"sequences": ["t2", "flair"]})
+    save_model(root / "nan", model, meta={"sequences": meta["sequences"]})
     return root
 
 
 def images(n=3):
-    return np.random.RandomState(0).rand(n, 2, 28, 28).astype(np.float32)
+    return np.random.RandomState(0).rand(n, 4, 28, 28).astype(np.float32)
 
 
 def one_nan_pixel():
@@ -512,7 +508,7 @@ def one_nan_pixel():
 
 FEATURE_CASES = {  # case -> (array to np.save or raw bytes, extra flags, words of the message)
     "one NaN pixel": (one_nan_pixel, [], ["NaN or inf pixels in 1 sample(s) (index 2)"]),
-    "no images": (lambda: np.zeros((0, 2, 28, 28), np.float32), [], ["no images (N = 0)"]),
+    "no images": (lambda: np.zeros((0, 4, 28, 28), np.float32), [], ["no images (N = 0)"]),
     "batch size 0": (images, ["--batch-size", "0"], ["--batch-size must be >= 1"]),
     "random bytes": (lambda: os.urandom(256), [], ["is not a .npy file", "numpy.save"]),
     "pickled objects": (lambda: np.array([{"a": 1}], dtype=object), [], ["holds Python objects"]),

@@ -125,6 +125,8 @@ _per_image_attention.defvjp(_per_image_fwd, _per_image_bwd)
 def _splash_kernel(heads: int, tokens: int, padded: int, interpret: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import (  # TPU only: imported here
         splash_attention_kernel as kernel_lib,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_mask as mask_lib,
     )
 
