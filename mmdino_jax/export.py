@@ -1,12 +1,16 @@
-"""Self-contained glioma-subtype classifier: frozen teacher backbone + linear probe + preprocessing settings.
+"""Self-contained glioma-subtype classifier: backbone + linear classifier + preprocessing settings.
 
-An artifact directory (written by ``python -m mmdino_jax.evaluate ... --export DIR``, read by
-``python -m mmdino_jax.predict --model DIR``):
+An artifact directory (written by ``python -m mmdino_jax.evaluate ... --export DIR`` and by
+``python -m mmdino_jax.finetune``, read by ``python -m mmdino_jax.predict --model DIR``):
 
-- ``backbone/``       the teacher backbone as a model directory (``model_io``: model.json + Orbax state).
-- ``probe.npz``       the logistic-regression probe on the backbone's CLS vector (plain arrays, no pickle).
+- ``backbone/``       the backbone as a model directory (``model_io``: model.json + Orbax state): a run's
+                      teacher, or a fine-tuned backbone (LoRA adapters merged into the kernels).
+- ``probe.npz``       the linear classifier as a :class:`Probe` (plain arrays, no pickle): the
+                      logistic-regression probe, or the fine-tuned head (mean 0, scale 1).
 - ``classifier.json`` format, version, class names, sequences (input channel order), preprocessing,
-                      the evaluation's batch size, the training config and the step it came from.
+                      the evaluation's batch size, the training config and the step it came from;
+                      ``probe.pooling`` names the classifier's input (``models.heads.POOLINGS``: the CLS
+                      token, or CLS + mean patch token); artifacts without it use the CLS token.
 - ``SHA256SUMS``      checksums of all of the above (``checksums``): a corrupt artifact is refused.
 
 Loading checks the schema (``export_schema``) of classifier.json and probe.npz against each other and the
@@ -35,6 +39,7 @@ from mmdino_jax.data.prepare import CROP
 from mmdino_jax.eval.probe import Probe
 from mmdino_jax.export_schema import ArtifactError, check_backbone, check_document, check_probe
 from mmdino_jax.models import io as model_io
+from mmdino_jax.models.heads import POOLINGS, pooled_dim
 from mmdino_jax.models.vit import DinoViT
 
 FORMAT = "mmdino_jax.classifier"
@@ -67,9 +72,20 @@ class Classifier:
         return self.meta["preprocessing"]
 
     @property
+    def pooling(self) -> str:
+        """The classifier's input features (``models.heads.POOLINGS``)."""
+        return pooling_of(self.meta)
+
+    @property
     def batch_size(self) -> int:
         """The batch size evaluation extracted features with."""
         return int(self.meta["batch_size"])
+
+
+def pooling_of(doc: dict[str, Any]) -> str:
+    """classifier.json's ``probe.pooling``; "cls" for artifacts written before it existed."""
+    probe = doc.get("probe")
+    return probe.get("pooling", "cls") if isinstance(probe, dict) else "cls"
 
 
 def preprocessing(eval_size: int, spacing: float) -> dict[str, Any]:
@@ -94,26 +110,28 @@ def check_export_dir(out_dir, overwrite: bool = False) -> Path:
 
 
 def export_classifier(out_dir, backbone_def, params, probe: Probe, config, step: int, sequences,
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, pooling: str = "cls", head: dict | None = None) -> Path:
     """Write the artifact to ``out_dir``, which must not hold one already unless ``overwrite`` (the old one is then
-    replaced); returns its path."""
+    replaced); returns its path. ``probe`` classifies the ``pooling`` features of the backbone; ``head``
+    describes it in classifier.json (default: the evaluation's logistic-regression probe on teacher features)."""
     out = check_export_dir(out_dir, overwrite)
     if (out / "classifier.json").exists():
         shutil.rmtree(out)
     sequences = list(sequences.split(",") if isinstance(sequences, str) else sequences)
     sequence_indices(sequences)
     backbone = nnx.merge(backbone_def, params)
-    if probe.mean.shape[0] != backbone.cfg.embed_dim:
-        raise ValueError(f"probe has {probe.mean.shape[0]} features, the backbone's embed_dim is "
-                         f"{backbone.cfg.embed_dim}")
-    provenance = {"source": "mmdino_jax.evaluate --export", "step": int(step)}
+    if probe.mean.shape[0] != pooled_dim(backbone.cfg.embed_dim, pooling):
+        raise ValueError(f"probe has {probe.mean.shape[0]} features, {pooling} features of the backbone "
+                         f"have {pooled_dim(backbone.cfg.embed_dim, pooling)}")
+    head = head or {"c": float(probe.c), "features": "teacher CLS", "source": "mmdino_jax.evaluate --export"}
+    provenance = {"source": head["source"], "step": int(step)}
     model_io.save_model(out / "backbone", backbone, meta={"sequences": sequences, "provenance": provenance})
     probe.save_npz(out / "probe.npz")
     doc = {"format": FORMAT, "version": VERSION, "class_names": list(CLASS_NAMES), "sequences": sequences,
            "preprocessing": preprocessing(config.data.eval_size, config.data.spacing),
            "batch_size": int(config.eval.batch_size),
            "step": int(step),
-           "probe": {"c": float(probe.c), "features": "teacher CLS"},
+           "probe": {**head, "pooling": pooling},
            "config": json.loads(config.to_json_best_effort())}
     (out / "classifier.json").write_text(json.dumps(doc, indent=2) + "\n")
     checksums.write_manifest(out)
@@ -147,6 +165,9 @@ def read_classifier_json(path: Path) -> dict[str, Any]:
     if doc["preprocessing"].get("crop") != CROP or doc["preprocessing"].get("axis") != AXIAL:
         raise ArtifactError(f"{file} was made with crop {doc['preprocessing'].get('crop')} on axis "
                             f"{doc['preprocessing'].get('axis')}; this mmdino_jax crops {CROP} px on axis {AXIAL}")
+    if pooling_of(doc) not in POOLINGS:
+        raise ArtifactError(f"{file}: probe.pooling {pooling_of(doc)!r} is not one of {POOLINGS}; "
+                            "re-export the classifier")
     for name, hint in (("probe.npz", "the probe"), ("backbone/model.json", "the backbone")):
         if not (path / name).is_file():
             raise ArtifactError(f"{path / name} not found: the artifact lacks {hint}; re-export the classifier")
@@ -167,7 +188,8 @@ def load_classifier(path) -> Classifier:
         probe = Probe.load_npz(path / "probe.npz")
     except (OSError, ValueError, KeyError) as err:
         raise ArtifactError(f"cannot read {path / 'probe.npz'} ({err}); re-export the classifier") from err
-    check_probe(probe, embed_dim, len(doc["class_names"]), path / "probe.npz")
+    pooling = pooling_of(doc)
+    check_probe(probe, pooled_dim(embed_dim, pooling), len(doc["class_names"]), path / "probe.npz", pooling)
     if not (path / "backbone" / "state").is_dir():
         raise ArtifactError(f"{path / 'backbone' / 'state'} not found: the artifact lacks the backbone weights; "
                             "re-export the classifier")

@@ -69,8 +69,9 @@ def check_backbone(doc: dict[str, Any], backbone_meta: dict[str, Any], file: Pat
                             f"backbone's patch size {patch}; {REEXPORT}")
 
 
-def check_probe(probe, embed_dim: int, n_classes: int, file: Path) -> None:
-    """Shapes of probe.npz against each other, the backbone's embed_dim and the class list; finite, scale > 0."""
+def check_probe(probe, n_features: int, n_classes: int, file: Path, pooling: str = "cls") -> None:
+    """Shapes of probe.npz against each other, the backbone's features (`n_features` of its `pooling`: the
+    embed_dim for CLS) and the class list; finite, scale > 0."""
     shapes = {k: np.shape(getattr(probe, k)) for k in ("coef", "intercept", "mean", "scale", "classes")}
     listing = ", ".join(f"{k} {v}" for k, v in shapes.items())
     k = shapes["classes"][0] if len(shapes["classes"]) == 1 else -1
@@ -79,9 +80,10 @@ def check_probe(probe, embed_dim: int, n_classes: int, file: Path) -> None:
             or len(shapes["mean"]) != 1 or len(shapes["scale"]) != 1):
         raise ArtifactError(f"{file} is inconsistent ({listing}): expected coef (K, D), intercept (K,), mean (D,), "
                             f"scale (D,), classes (K,); {REEXPORT}")
-    if shapes["mean"][0] != embed_dim:
-        raise ArtifactError(f"{file} takes {shapes['mean'][0]}-dimensional features, but the backbone's embed_dim "
-                            f"is {embed_dim}: probe and backbone come from different runs; {REEXPORT}")
+    if shapes["mean"][0] != n_features:
+        has = "embed_dim is" if pooling == "cls" else f"{pooling} features have"
+        raise ArtifactError(f"{file} takes {shapes['mean'][0]}-dimensional features, but the backbone's {has} "
+                            f"{n_features}: probe and backbone come from different runs; {REEXPORT}")
     classes = np.asarray(probe.classes)
     if not np.issubdtype(classes.dtype, np.integer) or classes.min() < 0 or classes.max() >= n_classes \
             or len(np.unique(classes)) != len(classes):

@@ -1,4 +1,5 @@
-"""Predict the glioma subtype of new subjects with an exported classifier (``evaluate --export DIR``).
+"""Predict the glioma subtype of new subjects with an exported classifier (``evaluate --export DIR``, or a
+fine-tuned one from ``python -m mmdino_jax.finetune``).
 
     python -m mmdino_jax.predict --model DIR --input PATH [--layout mmdino] [--output results.csv|results.json]
         [--attention-maps OUTDIR] [--center x,y,z] [--batch-size N] [--slices K [--aggregate probs|features]]
@@ -172,7 +173,7 @@ def classify(clf: Classifier, extractor: FeatureExtractor, views: list[View], at
         return []
     owner = np.repeat(np.arange(len(views)), [len(v.images) for v in views])
     present = np.stack([v.present for v in views])
-    feats = extractor(np.concatenate([v.images for v in views]), present[owner])["cls"]
+    feats = extractor(np.concatenate([v.images for v in views]), present[owner])[clf.pooling]
     broken = np.zeros(len(views), bool)  # a NaN feature is a broken model, never a probability
     np.logical_or.at(broken, owner, ~np.isfinite(feats).all(axis=1))
     probs = [None] * len(views)
@@ -206,7 +207,7 @@ def predict(clf: Classifier, subjects: list[Subject], centre=None, batch_size: i
     level over the K largest tumour slices of each axis, combined by ``aggregate``."""
     batch_size = batch_size or clf.batch_size
     graphdef, params = nnx.split(clf.backbone)
-    extractor = FeatureExtractor(graphdef, params, clf.sequences, batch_size)
+    extractor = FeatureExtractor(graphdef, params, clf.sequences, batch_size, outputs=(clf.pooling,))
     attend = attention_maps(clf.backbone, clf.sequences) if attention_dir else None
     rows = []
     with tqdm(total=len(subjects), desc="predict", unit="subject") as progress:

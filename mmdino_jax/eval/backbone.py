@@ -86,29 +86,34 @@ def validation_mcc(config, splits: dict[str, Split], extractor: FeatureExtractor
 
 
 def sweep(config, splits: dict[str, Split], extractor: FeatureExtractor, full_probe, split: str,
-          extra: dict | None = None) -> dict:
+          extra: dict | None = None, refit: bool = True, pooling: str = "cls") -> dict:
     """Every sequence subset (+ random drop): probe refit per subset, and the full probe on masked features.
 
     `extra` maps more result kinds to scorers (train feats, train labels, test feats, test labels) -> metrics,
-    run on the same masked features (the protocols' kNN)."""
+    run on the same masked features (the protocols' kNN). `refit=False` (a trained classifier as `full_probe`
+    on `pooling` features): nothing is refit; the classifier itself on masked features, as "classifier".
+    """
     seq = tuple(config.data.sequences.split(","))
     train, test = splits["train"], splits[split]
     extra = extra or {}
-    results = {"split": split, "refit": {}, "full_probe": {}, "dropped": {}, **{kind: {} for kind in extra}}
+    kind = "full_probe" if refit else "classifier"
+    results = {"split": split, **({"refit": {}} if refit else {}), kind: {}, "dropped": {},
+               **{name: {} for name in extra}}
     for name, keep_of in tqdm(subsets.sweep_cases(seq, config.seed), desc=f"sequence subsets ({split})", unit="subset"):
         keep_tr, keep_te = keep_of(train.present), keep_of(test.present)
         # A sample with none of the subset's sequences has nothing to show the model: left out, counted.
         tr, te = keep_tr.any(1), keep_te.any(1)
         results["dropped"][name] = {"train": int((~tr).sum()), split: int((~te).sum())}
-        if len(np.unique(train.label[tr])) < 2 or len(np.unique(test.label[te])) < 2:
+        if (refit and len(np.unique(train.label[tr])) < 2) or len(np.unique(test.label[te])) < 2:
             continue
-        f_tr = extractor(train.images[tr], keep_tr[tr], desc=None)["cls"]
-        f_te = extractor(test.images[te], keep_te[te], desc=None)["cls"]
-        probe = fit_probe(f_tr, train.label[tr], c_grid(config))
-        results["refit"][name] = scored(probe, f_te, test.label[te], 0)
-        results["full_probe"][name] = scored(full_probe, f_te, test.label[te], 0)
-        for kind, score in extra.items():
-            results[kind][name] = score(f_tr, train.label[tr], f_te, test.label[te])
+        f_te = extractor(test.images[te], keep_te[te], desc=None)[pooling]
+        if refit:
+            f_tr = extractor(train.images[tr], keep_tr[tr], desc=None)[pooling]
+            probe = fit_probe(f_tr, train.label[tr], c_grid(config))
+            results["refit"][name] = scored(probe, f_te, test.label[te], 0)
+            for extra_kind, score in extra.items():
+                results[extra_kind][name] = score(f_tr, train.label[tr], f_te, test.label[te])
+        results[kind][name] = scored(full_probe, f_te, test.label[te], 0)
     return results
 
 
@@ -152,22 +157,35 @@ def attention_examples(backbone, splits: dict[str, Split], split: str, sequences
 
 
 def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, export_dir: str = "",
-                      overwrite: bool = False) -> dict:
+                      overwrite: bool = False, classifier: tuple | None = None) -> dict:
     """Full evaluation of one backbone; writes DIR/eval (and the classifier to `export_dir`, replacing one there
-    with `overwrite`), returns the metrics."""
+    with `overwrite`), returns the metrics.
+
+    Default: a linear probe fit on the train split's CLS features. `classifier` = (probe, pooling, head)
+    evaluates a trained classifier instead (a fine-tuned head as a Probe on `pooling` features; `head`
+    describes it, in metrics.json as "classifier" and in the export); its sweep refits nothing, and the
+    protocols and the initial-backbone comparison (probes of frozen features) do not apply.
+    """
+    if classifier and (config.eval.protocols or config.eval.compare_init):
+        raise ValueError("a trained classifier is evaluated without eval.protocols and eval.compare_init (probes "
+                         "of frozen backbone features): set --config.eval.protocols= --config.eval.compare_init=False")
     out = Path(workdir) / "eval"
     cache = ensure_cache(config.data, workdir, config.seed)
     splits = load_splits(config, cache)
     seq = config.data.sequences.split(",")
-    extractor = FeatureExtractor(backbone_def, params, seq, config.eval.batch_size)
+    full_probe, pooling, head = classifier or (None, "cls", None)
+    extractor = FeatureExtractor(backbone_def, params, seq, config.eval.batch_size, outputs=(pooling,))
     train = splits["train"]
-    feats = {name: extractor(data.images, data.present, name)["cls"] for name, data in splits.items()}
-    full_probe = fit_probe(feats["train"], train.label, c_grid(config))
+    feats = {name: extractor(data.images, data.present, name)[pooling] for name, data in splits.items()
+             if full_probe is None or name != "train"}
+    if full_probe is None:
+        full_probe = fit_probe(feats["train"], train.label, c_grid(config))
     if export_dir:
-        export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq, overwrite)
+        export_classifier(export_dir, backbone_def, params, full_probe, config, step, seq, overwrite, pooling, head)
     payload = {"config": json.loads(config.to_json_best_effort()), "step": int(step), "sequences": seq,
-               "probe": {"c": full_probe.c, "selection": full_probe.selection}, "splits": {},
-               "n_train_labeled": len(train.label)}
+               **({"classifier": head} if head else
+                  {"probe": {"c": full_probe.c, "selection": full_probe.selection}}),
+               "splits": {}, "n_train_labeled": len(train.label)}
     plots, trained_probs = {}, {}
     for name in ("val", "test"):
         if name not in splits:
@@ -181,11 +199,14 @@ def evaluate_backbone(config, workdir: str, backbone_def, params, step: int, exp
     if config.eval.compare_init:
         payload["initial"] = initial_comparison(config, splits, trained_probs, cache, out / "initial")
     sweep_split = "test" if "test" in splits else "val"
-    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split, sweep_scorers(config))
-    report.plot_subset_heatmap(out / "subsets_refit.png", payload["sweep"]["refit"])
-    report.plot_subset_heatmap(out / "subsets_full_probe.png", payload["sweep"]["full_probe"])
-    payload.update(run_protocols(config, cache, splits, feats, extractor, backbone_def, params, full_probe, out,
-                                 payload["sweep"]))
+    payload["sweep"] = sweep(config, splits, extractor, full_probe, sweep_split, sweep_scorers(config),
+                             refit=head is None, pooling=pooling)
+    for kind in report.SWEEP_KINDS:
+        if kind in payload["sweep"]:
+            report.plot_subset_heatmap(out / f"subsets_{kind}.png", payload["sweep"][kind])
+    if head is None:
+        payload.update(run_protocols(config, cache, splits, feats, extractor, backbone_def, params, full_probe, out,
+                                     payload["sweep"]))
     jsonl = Path(workdir) / "metrics.jsonl"
     if jsonl.is_file():
         report.plot_training_curves(out / "training_curves.png", jsonl)

@@ -9,13 +9,15 @@ from flax import nnx
 from tqdm import tqdm
 
 from mmdino_jax.constants import sequence_indices
+from mmdino_jax.models.heads import classifier_features
 
 
 class FeatureExtractor:
     """Runs a backbone in fixed-size batches (the last one padded, so it compiles once per shape).
 
     `keep` (N, S) bool marks the sequences each image has; the tokens of the others are masked,
-    exactly as absent sequences are during training.
+    exactly as absent sequences are during training. `outputs` names DinoViT outputs or a classifier
+    pooling of `models.heads.POOLINGS` (e.g. "cls+mean_patch").
     """
 
     def __init__(self, backbone_def: nnx.GraphDef, params, sequences, batch_size: int = 64,
@@ -25,7 +27,7 @@ class FeatureExtractor:
 
         def forward(p, images, keep):
             out = nnx.merge(backbone_def, p)(images, indices, present=keep)
-            return {k: out[k] for k in outputs}
+            return {k: out[k] if k in out else classifier_features(out, keep, k) for k in outputs}
 
         self._forward = jax.jit(forward)
 

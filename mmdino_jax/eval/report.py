@@ -15,8 +15,10 @@ metrics.json schema (written by `write_metrics_json`, read by `write_report_md` 
         "split": "test",
         "refit": {"t1+t1c": {...metrics...}, ..., "random": {...}},      # probe refit per subset
         "full_probe": {"t1+t1c": {...metrics...}, ...},                   # full-sequence probe, masked features
+        "classifier": {"t1+t1c": {...metrics...}, ...},                   # or: a fine-tuned classifier, masked
       },
-      "probe": {"c": 0.01, "selection": [[C, holdout_mcc], ...]}         # optional
+      "probe": {"c": 0.01, "selection": [[C, holdout_mcc], ...]},        # optional: the linear probe
+      "classifier": {"kind": "fine-tuned", ...}                          # optional: instead of a probe
     }
 
 Plots use matplotlib's object API (no pyplot state), rendered by the Agg canvas.
@@ -40,7 +42,7 @@ SPLITS = ("val", "test")
 MAIN_METRICS = {"mcc": "MCC", "acc_top1": "Acc (macro)", "acc_top2": "Acc top-2",
                 "auc_macro": "AUC (macro)", "f1_mean": "F1 (mean)"}
 SWEEP_METRICS = {"mcc": "MCC", "auc_macro": "AUC", "f1_mean": "F1"}
-SWEEP_KINDS = {"refit": "refit", "full_probe": "full probe"}
+SWEEP_KINDS = {"refit": "refit", "full_probe": "full probe", "classifier": "classifier"}
 LOSS_TERMS = ("loss", "dino_local", "dino_global", "ibot", "koleo", "semi")
 CURVE_PANELS = (("losses", LOSS_TERMS), ("learning rate", ("lr",)), ("teacher temperature", ("teacher_temp",)),
                 ("teacher momentum", ("teacher_momentum",)), ("throughput (samples/s)", ("samples_per_s",)))
@@ -268,9 +270,11 @@ def write_report_md(path, results: Mapping, meta: Mapping, others: Mapping[str, 
         facts.append(f"- sequences: {', '.join(results['sequences'])}")
     if results.get("probe"):
         facts.append(f"- probe C: {results['probe']['c']:.3g}")
+    facts += [f"- classifier {k}: {v}" for k, v in results.get("classifier", {}).items()]
     parts = ["# Evaluation report", "\n".join(facts)] if facts else ["# Evaluation report"]
     if results.get("splits"):
-        parts += ["## Classification (linear probe on teacher CLS features)", *_split_tables(results["splits"])]
+        what = "fine-tuned classifier" if results.get("classifier") else "linear probe on teacher CLS features"
+        parts += [f"## Classification ({what})", *_split_tables(results["splits"])]
     if results.get("initial"):
         parts += [f"## Trained vs {results['initial']['name']} (same probe protocol)", _initial_table(results)]
         if results["initial"].get("protocols"):
@@ -281,7 +285,7 @@ def write_report_md(path, results: Mapping, meta: Mapping, others: Mapping[str, 
     if results.get("sweep"):
         parts += [f"## Missing-modality sweep ({results['sweep'].get('split', '?')})", _sweep_table(results["sweep"]),
                   "refit: probe refit per subset on masked features; full probe: the all-sequence probe "
-                  "applied to masked features."]
+                  "applied to masked features; classifier: the trained classifier on masked features."]
     parts += _protocol_sections(results)
     if others:
         parts += ["## Comparison", comparison_table({meta.get("name", "this run"): results, **others})]

@@ -9,6 +9,33 @@ import jax.numpy as jnp
 from flax import nnx
 
 _LINEAR_INIT = nnx.initializers.truncated_normal(stddev=0.02)
+# Inputs of a linear classifier on the backbone: the CLS token, or CLS and the mean patch token.
+POOLINGS = ("cls", "cls+mean_patch")
+
+
+def mean_patch_token(patch: jax.Array, keep: jax.Array) -> jax.Array:
+    """Mean of the patch tokens (B, S*N, D) over the sequences kept in `keep` (B, S) -> (B, D), float32."""
+    b, s = keep.shape
+    tokens = patch.reshape(b, s, -1, patch.shape[-1]).astype(jnp.float32)
+    weight = keep.astype(jnp.float32)
+    total = jnp.einsum("bsnd,bs->bd", tokens, weight)
+    return total / (jnp.maximum(weight.sum(axis=1), 1.0) * tokens.shape[2])[:, None]
+
+
+def classifier_features(out: dict[str, jax.Array], keep: jax.Array, pooling: str) -> jax.Array:
+    """The classifier input of `pooling` (POOLINGS) from a DinoViT output; (B, D) or (B, 2D), float32."""
+    if pooling == "cls":
+        return out["cls"].astype(jnp.float32)
+    if pooling == "cls+mean_patch":
+        return jnp.concatenate([out["cls"].astype(jnp.float32), mean_patch_token(out["patch"], keep)], axis=-1)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def pooled_dim(embed_dim: int, pooling: str) -> int:
+    """Width of `classifier_features` for a backbone of `embed_dim`."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return embed_dim * (2 if pooling == "cls+mean_patch" else 1)
 
 
 class WeightNormLinear(nnx.Module):

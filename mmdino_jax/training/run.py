@@ -64,18 +64,20 @@ def validation_fn(config, cache, run: ShardedLearner) -> Callable[[Any], float]:
     return fn
 
 
-def fit(config, workdir: str, build: Callable[[Any, Path], Learner], batches=None, desc: str = "train") -> Fitted:
+def fit(config, workdir: str, build: Callable[[Any, Path], Learner], batches=None, desc: str = "train",
+        validation: Callable[[Any, Path, ShardedLearner], Callable[[Any], float]] = validation_fn) -> Fitted:
     """Train (or resume) `build(config, cache)` in `workdir` to `config.total_steps` through the loop.
 
     `batches` defaults to this process's Grain batches of the run's cache (`training.data.train_dataset`).
-    Validates every `config.eval_every` steps when that is > 0.
+    Validates every `config.eval_every` steps when that is > 0 with `validation(config, cache, run)`
+    (default: a linear probe on the backbone; fine-tuning scores its own classifier).
     """
     Path(workdir).mkdir(parents=True, exist_ok=True)
     cache = prepared_cache(config, workdir)
     learner = build(config, cache)
     run = shard_learner(learner, sharding.make_mesh(config.mesh.fsdp))
     batches = iter(train_dataset(config, cache)) if batches is None else batches
-    evaluate_fn = validation_fn(config, cache, run) if config.eval_every else None
+    evaluate_fn = validation(config, cache, run) if config.eval_every else None
     meta = {"config": json.loads(config.to_json_best_effort()), "fresh_params": list(learner.fresh)}
     result = train_loop(LoopSettings.from_config(config, desc), workdir, run, batches, evaluate_fn, meta)
     return Fitted(cache, run, result)

@@ -34,3 +34,17 @@ def metrics_by_step(workdir) -> dict[int, dict]:
             out[record["step"]] = record
     return out
 
+
+def absl_main(main, argv: list[str]):
+    """Call an absl CLI's `main` in this process with `argv` parsed into the global flags (as `app.run`).
+    sys.argv is set too: ml_collections reads the `--config.x` overrides from it, and defines a flag for
+    each, so the ones an earlier call defined are removed first."""
+    from unittest import mock
+
+    from absl import flags
+
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+    with mock.patch.object(sys, "argv", [sys.argv[0], *argv]):
+        return main(flags.FLAGS(sys.argv))
