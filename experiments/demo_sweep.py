@@ -1,9 +1,10 @@
-"""The sweep that chose the demo's small-model recipe, on the internal validation split only.
+"""The sweep of the demo's small-model recipe (docs/demo_sweep.md), on the internal validation split only.
 
     nice -n 5 python experiments/demo_sweep.py --out runs/demo_sweep --steps 60 [--only NAME ...] [--cache DIR]
 
 Generates the demo's internal train and val splits once (no external test split: the sweep never sees it),
-prepares them at the demo's spacing (or uses the prepared cache ``--cache``, e.g. a demo run's), then trains each variant of ``VARIANTS`` for ``--steps`` steps
+prepares them at the demo's spacing (or uses the prepared cache ``--cache``, e.g. a demo run's), then
+trains each variant of ``VARIANTS`` for ``--steps`` steps
 (`configs/demo.py` plus the variant's overrides) and records the validation probe's MCC of the final teacher,
 with the same probe on the random-init backbone as the bar to beat. Results are appended to
 ``OUT/sweep.jsonl`` (a variant already there is skipped) and printed as a Markdown table.
