@@ -30,7 +30,7 @@ TARGET = 900  # samples/s: default target (an estimate of ViT-S/14 on one H100; 
 
 def naive_sample(subject, rng: np.random.Generator, cfg: CropConfig, min_voxels: int):
     """One training sample straight from NIfTI."""
-    volumes, labels, _, voxel_mm = read_subject(subject)
+    volumes, labels, _, voxel_mm, _ = read_subject(subject)
     mask = labels > 0
     axis = int(rng.integers(3))
     planes = np.moveaxis(mask, axis, 0)

@@ -112,11 +112,11 @@ def test_bootstrap_rejects_unknown_metric():
 def test_paired_bootstrap_difference_matches_a_numpy_reference():
     labels, probs_a = _random_case(n=120, signal=2.0, seed=5)
     _, probs_b = _random_case(n=120, signal=0.3, seed=6)
-    diff, low, high = paired_bootstrap_difference(labels, probs_a, probs_b, "mcc", n_boot=100, seed=2)
+    diff, low, high = paired_bootstrap_difference(labels, probs_a, probs_b, "mcc", n_boot=40, seed=2)
     rng = np.random.default_rng(2)  # same stratified resampling, scored with scikit-learn
     groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     stats = []
-    for _ in range(100):
+    for _ in range(40):
         idx = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
         stats.append(matthews_corrcoef(labels[idx], probs_a[idx].argmax(1))
                      - matthews_corrcoef(labels[idx], probs_b[idx].argmax(1)))

@@ -114,7 +114,7 @@ def test_largest_slices_of_a_volume_match_the_cache_rows(tmp_path):
     prepare(tmp_path / "root", "mmdino", tmp_path / "cache", workers=1)
     data = CachedSplit(tmp_path / "cache", "train")
     rows = multislice.cached_rows(data, 0, 2)
-    volumes, labels, _, voxel_mm = read_subject(discover(tmp_path / "root", "mmdino")[0][0])
+    volumes, labels, _, voxel_mm, _ = read_subject(discover(tmp_path / "root", "mmdino")[0][0])
     crops = multislice.crop_largest_slices(volumes, labels, 2, voxel_mm)
     np.testing.assert_array_equal(crops, np.stack([data.slice(r)[0] for r in rows]))
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -287,7 +288,8 @@ def prepare(root, layout: str, output, labels_csv=None, label_column=None, id_co
     work = partial(prepare_subject, cache=cache, min_voxels=min_tumour_voxels, spacing=spacing)
     progress = partial(tqdm, total=len(subjects), desc="prepare", unit="subject")
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        # spawn, not fork: the caller may have started JAX's threads (train.py prepares on first use)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(progress(pool.map(work, subjects)))
     else:
         results = [work(s) for s in progress(subjects)]

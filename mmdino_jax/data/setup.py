@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from mmdino_jax.data import phantom
@@ -49,6 +50,7 @@ def ensure_cache(data_cfg, workdir: str, seed: int) -> Path:
     else:
         root, layout = generate_phantom_cohort(Path(workdir) / "cohort", data_cfg.phantom, seed), "mmdino"
     prepare(root, layout, cache, labels_csv=data_cfg.labels_csv or None,
-            label_column=data_cfg.label_column or None, workers=max(data_cfg.workers, 1),
+            label_column=data_cfg.label_column or None,
+            workers=max(data_cfg.workers, len(os.sched_getaffinity(0))),  # one process per usable core
             min_tumour_voxels=1, spacing=data_cfg.spacing)
     return cache

@@ -72,8 +72,8 @@ class HealthCheck:
             "collapse": f"teacher collapsing: every sample's target is one prototype ({span}); "
                         "raise ssl.center_momentum or lower optim.base_lr",
             "uniform": f"teacher targets uniform (entropy {window[-1]['teacher_entropy']:.3f} of "
-                       f"log K = {math.log(self.k):.3f}, {span}): the run is not learning; lower "
-                       "ssl.teacher_temp or check the data",
+                       f"log K = {math.log(self.k):.3f}, {span}): the DINO and iBOT terms teach nothing; "
+                       "lower ssl.teacher_temp or check the data",
             "stuck": f"loss flat at {window[-1]['loss']:.4f} ({span}): the run is stuck; raise optim.base_lr "
                      "or check that the student is updated (optim.freeze_backbone_steps)",
         }
