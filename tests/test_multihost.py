@@ -41,7 +41,9 @@ def launch_two_processes(workdir, cache) -> subprocess.CompletedProcess:
     args = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "total_steps": TOTAL}.items()]
     cmd = ["bash", "launch/local_multiprocess.sh", "2", "--devices-per-process", "4", "--port", str(free_port()),
            "--", "--config", SMOKE, "--workdir", str(workdir), f"--config.data.cache={cache}", *args]
-    env = {**os.environ, "PYTHON": sys.executable, "KILL_GRACE_S": "2"}
+    # Without the session's XLA compilation cache (tests/conftest.py): a resumed 2-process run hung with it.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(PYTHON=sys.executable, KILL_GRACE_S="2")
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
