@@ -24,7 +24,7 @@ from mmdino_jax.data.pipeline import CachedSplit
 
 FAMILIES = ("statistics", "intensity_histogram", "glcm", "glrlm", "glszm")
 PREFIXES = ("stat_", "ih_", "cm_", "rlm_", "szm_")
-SHAPE = ("area", "perimeter", "eccentricity", "solidity", "extent", "major_axis_length", "minor_axis_length")
+SHAPE = ("area", "perimeter", "eccentricity", "solidity", "extent", "axis_major_length", "axis_minor_length")
 BINS = 16
 
 
