@@ -21,6 +21,8 @@ def test_quick_grid_resumes_and_reports(tmp_path):
     # arms of both seeds, the cheap ones of seed 0)
     assert reproduce.main([*args, "--workers", "0", "--limit", "8"]) == 8
     assert not (out / "results.csv").exists() and not doc.exists()
+    assert reproduce.main([*args, "--finished"]) == 0  # a report of the cut grid: what finished, the rest named
+    assert "Cut short" in doc.read_text() and "random_init_seed1_frac1" in doc.read_text()
     assert reproduce.main([*args, "--workers", "2"]) == 2  # resumed: the other 2, in concurrent subprocesses
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert sorted((r["arm"], int(r["seed"])) for r in rows) == sorted(
@@ -31,7 +33,7 @@ def test_quick_grid_resumes_and_reports(tmp_path):
     assert reproduce.main(args) == 0  # a finished grid does no work
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
     text = doc.read_text()
-    assert "Claim (a)" in text and "Claim (b)" in text
+    assert "Claim (a)" in text and "Claim (b)" in text and "Cut short" not in text
     assert (tmp_path / "docs" / "reproduction" / "label_efficiency.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "reproduction" / "robustness.png").stat().st_size > 1000
 

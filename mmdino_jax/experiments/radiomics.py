@@ -65,7 +65,8 @@ def _quiet() -> None:
 
 
 def compute_features(cache, sequences, path, workers: int = 0) -> Path:
-    """Write `path` (npz: per split an (N, S, F) float array, NaN = no feature) once; returns it."""
+    """Write `path` (npz: per split an (N, S, F) float array, NaN = no feature) once, in `workers` processes
+    (0 = one per usable core); returns it."""
     path = Path(path)
     if path.is_file():
         return path

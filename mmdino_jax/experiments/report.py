@@ -78,17 +78,17 @@ def plot_robustness(path: Path, cells, arms, fraction) -> None:
     plt.close(fig)
 
 
-def results_section(cells, arms, fractions, n_boot: int, rel: str) -> list[str]:
+def results_section(summaries: dict, arms, fractions, n_boot: int, rel: str) -> list[str]:
     lines = ["## Results per arm and label fraction", "",
              "External (site-shifted) test split; mean ± sd over seeds; *pooled* = the seed-mean MCC with its "
              f"95 % bootstrap CI over test subjects ({n_boot} resamples). Val = internal validation.", "",
-             "| arm | labels | labeled subjects | test MCC | pooled test MCC [95 % CI] | test AUC (macro) "
-             "| test F1 (mean) | val MCC |", "|---|---|---|---|---|---|---|---|"]
+             "| arm | labels | seeds | labeled subjects | test MCC | pooled test MCC [95 % CI] | test AUC (macro) "
+             "| test F1 (mean) | val MCC |", "|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         for f in fractions:
-            s = summary.arm_summary(cells, arm, f, n_boot)
+            s = summaries[arm, f]
             p = s["test_mcc_pooled"]
-            lines.append(f"| {NAMES[arm]} | {f:.0%} | {s['n_labeled']:.0f} | {_msd(s['test']['mcc'])} | "
+            lines.append(f"| {NAMES[arm]} | {f:.0%} | {s['seeds']} | {s['n_labeled']:.0f} | {_msd(s['test']['mcc'])} | "
                          f"{p[0]:.3f} [{p[1]:.3f}, {p[2]:.3f}] | {_msd(s['test']['auc_macro'])} | "
                          f"{_msd(s['test']['f1_mean'])} | {_msd(s['val']['mcc'])} |")
     return [*lines, "", f"![label efficiency]({rel}/label_efficiency.png)", ""]
@@ -130,10 +130,9 @@ def claim_b_section(cells, arms, frac: float, n_boot: int, rel: str) -> tuple[li
     return [*lines, "", f"![robustness]({rel}/robustness.png)", ""], b
 
 
-def conclusions(cells, arms, fractions, claim_a, claim_b, n_boot: int) -> list[str]:
+def conclusions(summaries: dict, arms, fractions, claim_a, claim_b) -> list[str]:
     """What the numbers support, refute and leave open (generated from them)."""
-    above = {arm: [f for f in fractions if summary.arm_summary(cells, arm, f, n_boot)["test_mcc_pooled"][1] > 0]
-             for arm in arms}
+    above = {arm: [f for f in fractions if summaries[arm, f]["test_mcc_pooled"][1] > 0] for arm in arms}
     chance = [NAMES[a] for a in arms if not above[a]]
     lines = ["## What this supports, refutes and cannot resolve", ""]
     lines += [f"- {NAMES[a]}: pooled test MCC CI above 0 at " + (", ".join(f"{f:.0%}" for f in above[a]) or "no")
@@ -159,12 +158,13 @@ def write_report(path, cells, arms, fractions, n_boot: int, run_info: dict) -> P
     frac = claim_fraction(fractions)
     plot_label_efficiency(figures / "label_efficiency.png", cells, arms, fractions)
     plot_robustness(figures / "robustness.png", cells, arms, frac)
-    lines = [*run_info["header"], "", *results_section(cells, arms, fractions, n_boot, figures.name)]
+    summaries = {(arm, f): summary.arm_summary(cells, arm, f, n_boot) for arm in arms for f in fractions}
+    lines = [*run_info["header"], "", *results_section(summaries, arms, fractions, n_boot, figures.name)]
     claim_a = None
     if {"mmdino", "supervised"} <= set(arms):
         section, claim_a = claim_a_section(cells, frac, n_boot)
         lines += section
     section, claim_b = claim_b_section(cells, arms, frac, n_boot, figures.name)
-    lines += [*section, *conclusions(cells, arms, fractions, claim_a, claim_b, n_boot), "", *run_info["footer"]]
+    lines += [*section, *conclusions(summaries, arms, fractions, claim_a, claim_b), "", *run_info["footer"]]
     path.write_text("\n".join(lines) + "\n")
     return path

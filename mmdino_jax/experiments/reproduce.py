@@ -46,6 +46,9 @@ def parse_args(argv):
     p.add_argument("--fractions", default="", help="comma list of label fractions (default: the size's)")
     p.add_argument("--arms", default="", help="comma list of arms (default: all of the config's)")
     p.add_argument("--limit", type=int, default=0, help="run at most this many cells now (0 = all)")
+    p.add_argument("--finished", action="store_true",
+                   help="run nothing: results and report from the grid's finished cells (a grid cut short)")
+    p.add_argument("--note", default="", help="a line for the report's 'What was run' (how the machine was shared)")
     return p.parse_args(argv)
 
 
@@ -86,11 +89,17 @@ def run_cells(a, todo: list[tuple], out: Path, total: int) -> list[str]:
     return failed
 
 
-def run_info(a, out: Path, report: Path, cells: list[dict], history: list[dict]) -> dict:
+def grid_wall_seconds(out: Path) -> float:
+    """Wall clock of the grid: from its cohort's generation to its newest finished cell (every invocation)."""
+    newest = max(p.stat().st_mtime for p in (out / "cells").glob("*.json"))
+    return newest - (out / "cohort" / "cohort.json").stat().st_mtime
+
+
+def run_info(a, out: Path, report: Path, cells: list[dict], history: list[dict], missing: list[str]) -> dict:
     """The report's header (what was run, where, how long) and footer (commands)."""
     import jax
 
-    wall = sum(h["seconds"] for h in history)
+    wall = grid_wall_seconds(out)
     cpu = sum(c["seconds"] for c in cells)
     c = config_module(a.config).SIZES[a.size]
     header = [
@@ -120,8 +129,13 @@ def run_info(a, out: Path, report: Path, cells: list[dict], history: list[dict])
         "each trained arm's final step is used (no checkpoint selection).",
         f"- Hardware: {cpu_name()}, {len(os.sched_getaffinity(0))} usable cores, "
         f"JAX {jax.__version__} on {jax.devices()[0].platform}; wall time of the grid {wall / 60:.1f} min "
-        f"({len(history)} invocation(s)), {cpu / 60:.1f} min summed over cells "
-        f"(at most {max(h['workers'] for h in history) if history else 0} cell(s) at a time; 0 = in-process).", ""]
+        f"(cohort, cache and radiomics features included; {len(history)} finished invocation(s)), "
+        f"{cpu / 60:.1f} min summed over cells "
+        f"(at most {max(h['workers'] for h in history) if history else 0} cell(s) at a time; 0 = in-process).",
+        *([f"- {a.note}"] if a.note else []),
+        *([f"- **Cut short**: {len(missing)} cell(s) of the size's grid did not finish and are left out "
+           f"({', '.join(missing)}); the tables use the finished ones (seeds per row in `results.csv`)."]
+          if missing else []), ""]
     footer = ["## Commands", "", "```bash",
               f"python -m mmdino_jax.experiments.reproduce --size {a.size} --workers {a.workers} "
               f"--out {os.path.relpath(out)} --report {os.path.relpath(report)}",
@@ -163,10 +177,10 @@ def main(argv=None) -> int:
     config = cell_lib.cell_config(a.config, a.size, "mmdino", 0, 1.0, out / "cache")
     cache = ensure_cache(config.data, str(out), 0)
     if "radiomics" in arms:
-        radiomics.compute_features(cache, config.data.sequences.split(","), out / "radiomics.npz", max(a.workers, 1))
+        radiomics.compute_features(cache, config.data.sequences.split(","), out / "radiomics.npz", a.workers)
     grid = [(arm, s, f) for s in seeds for f in fractions for arm in arms]  # seed by seed: a cut grid stays whole
     done = lambda c: (out / "cells" / f"{cell_lib.cell_name(*c)}.json").is_file()  # noqa: E731
-    todo = [c for c in grid if not done(c)]
+    todo = [] if a.finished else [c for c in grid if not done(c)]
     todo = todo[:a.limit] if a.limit else todo
     failed = run_cells(a, todo, out, len(grid)) if todo else []
     history_path = out / "history.jsonl"
@@ -177,16 +191,23 @@ def main(argv=None) -> int:
     if failed:
         raise SystemExit(f"{len(failed)} cell(s) failed ({', '.join(failed)}): see {out}/logs; rerun to retry them")
     missing = [cell_lib.cell_name(*c) for c in grid if not done(c)]
-    if missing:
+    if missing and not a.finished:
         print(f"{len(grid) - len(missing)} of {len(grid)} cells done; rerun the same command to run the rest "
               f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
         return len(todo)
-    cells = [json.loads((out / "cells" / f"{cell_lib.cell_name(*c)}.json").read_text()) for c in grid]
+    cells = [json.loads((out / "cells" / f"{cell_lib.cell_name(*c)}.json").read_text()) for c in grid if done(c)]
+    # a cut grid reports the label fractions that every arm reached
+    reached = lambda f: all(any(c["arm"] == arm and c["fraction"] == f for c in cells) for arm in arms)  # noqa: E731
+    fractions = [f for f in fractions if reached(f)]
+    if not fractions:
+        raise SystemExit(f"{out}: no label fraction has a finished cell of every arm yet")
+    cells = [c for c in cells if c["fraction"] in fractions]
     report = Path(a.report or out / "reproduction.md")
     write_results(out, cells)
     write_results(report_lib.figures_dir(report), cells)
     history = [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.is_file() else []
-    report_lib.write_report(report, cells, arms, fractions, size["bootstrap"], run_info(a, out, report, cells, history))
+    info = run_info(a, out, report, cells, history, missing)
+    report_lib.write_report(report, cells, arms, fractions, size["bootstrap"], info)
     print(f"{len(grid)} cells: {out}/results.csv; report {report}")
     return len(todo)
 
