@@ -103,7 +103,8 @@ def claim_a_section(cells, frac: float, n_boot: int) -> tuple[list[str], tuple]:
              "| seed | MM-DINOv2 − supervised |", "|---|---|",
              *(f"| {s} | {_ci(t)} |" for s, t in a["per_seed"].items()),
              f"| pooled (mean over seeds) | {_ci(d)} |", "",
-             f"Paper: +{PAPER_DIFFERENCE:.2f}. Here: {_ci(d)}; the paper's value lies {where} this CI. Verdict: "
+             f"Paper: +{PAPER_DIFFERENCE:.2f}. Here: {_ci(d)}; the paper's value lies {where} this CI"
+             + (" (an advantage as large as the paper's is excluded here)" if where == "above" else "") + ". Verdict: "
              + verdict(d[1], d[2], "supports claim (a): MM-DINOv2 features beat the supervised model here",
                        "refutes claim (a) on this cohort: the supervised model scores higher") + ".", ""]
     return lines, d
@@ -130,7 +131,7 @@ def claim_b_section(cells, arms, frac: float, n_boot: int, rel: str) -> tuple[li
     return [*lines, "", f"![robustness]({rel}/robustness.png)", ""], b
 
 
-def conclusions(summaries: dict, arms, fractions, claim_a, claim_b) -> list[str]:
+def conclusions(cells, summaries: dict, arms, fractions, claim_a, claim_b, n_boot: int) -> list[str]:
     """What the numbers support, refute and leave open (generated from them)."""
     above = {arm: [f for f in fractions if summaries[arm, f]["test_mcc_pooled"][1] > 0] for arm in arms}
     chance = [NAMES[a] for a in arms if not above[a]]
@@ -139,6 +140,12 @@ def conclusions(summaries: dict, arms, fractions, claim_a, claim_b) -> list[str]
               + " label fraction(s)." for a in arms]
     if chance:
         lines.append(f"- At chance at every fraction: {', '.join(chance)}; their comparisons say nothing beyond that.")
+    if "random_init" in arms:
+        frac = claim_fraction(fractions)
+        for arm in (a for a in ("mmdino", "no_modality_masking", "supervised") if a in arms):
+            d = summary.paired_difference(cells, arm, "random_init", frac, n_boot)["pooled"]
+            lines.append(f"- {NAMES[arm]} minus the frozen random-init backbone it started from, {frac:.0%} labels: "
+                         f"{_ci(d)} ({verdict(d[1], d[2], 'training helped', 'training hurt')}).")
     if claim_a:
         lines.append(f"- Claim (a) (MM-DINOv2 minus supervised {_ci(claim_a)} against the paper's "
                      f"+{PAPER_DIFFERENCE:.2f}): " + verdict(claim_a[1], claim_a[2], "supported", "refuted") + ".")
@@ -165,6 +172,7 @@ def write_report(path, cells, arms, fractions, n_boot: int, run_info: dict) -> P
         section, claim_a = claim_a_section(cells, frac, n_boot)
         lines += section
     section, claim_b = claim_b_section(cells, arms, frac, n_boot, figures.name)
-    lines += [*section, *conclusions(summaries, arms, fractions, claim_a, claim_b), "", *run_info["footer"]]
+    lines += [*section, *conclusions(cells, summaries, arms, fractions, claim_a, claim_b, n_boot), "",
+              *run_info["footer"]]
     path.write_text("\n".join(lines) + "\n")
     return path

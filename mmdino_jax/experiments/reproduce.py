@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     history = [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.is_file() else []
     info = run_info(a, out, report, cells, history, missing)
     report_lib.write_report(report, cells, arms, fractions, size["bootstrap"], info)
-    print(f"{len(grid)} cells: {out}/results.csv; report {report}")
+    print(f"{len(cells)} cells: {out}/results.csv; report {report}")
     return len(todo)
 
 
