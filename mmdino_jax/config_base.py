@@ -123,14 +123,19 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`configs/x.py[:arg]` -> that file's get_config(arg), as `--config` would load it."""
+def config_module(path: str):
+    """The config file at `path` as a module (its get_config and whatever else it defines)."""
     import importlib.util
 
-    path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("_mmdino_config", path)
     if module_spec is None:
         raise FileNotFoundError(f"config file {path} not found")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`configs/x.py[:arg]` -> that file's get_config(arg), as `--config` would load it."""
+    path, _, arg = spec.partition(":")
+    return config_module(path).get_config(arg or None)

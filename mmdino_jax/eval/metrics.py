@@ -155,6 +155,28 @@ def paired_bootstrap_difference(labels, probs_a, probs_b, metric: str = "mcc", n
     return float(fn(labels, probs_a) - fn(labels, probs_b)), float(low), float(high)
 
 
+def pooled_bootstrap(labels, terms, metric: str = "mcc", n_boot: int = 1000, seed: int = 0,
+                     alpha: float = 0.05) -> tuple[float, float, float]:
+    """(statistic, CI low, CI high) of sum over `terms` (weight, runs) of weight x the mean over runs of
+    metric(labels, run), where runs (R, N, K) are predictions on the same N subjects (e.g. one per training seed).
+    [(1, a)] is a seed-mean score, [(1, a), (-1, b)] a paired difference of two arms, [(1, a), (-1, a2), (-1, b),
+    (1, b2)] a difference of two arms' drops. Each bootstrap replicate resamples the subjects once (stratified as
+    in `bootstrap_ci`) and scores every run on that resample: the CI covers the test cohort's sampling."""
+    terms = [(float(w), np.asarray(runs, np.float64)) for w, runs in terms]
+    labels = check_predictions(labels, terms[0][1][0])[0]
+    for _, runs in terms:
+        if runs.ndim != 3 or runs.shape[1:] != terms[0][1].shape[1:]:
+            raise ValueError(f"every term needs runs of shape (R, {len(labels)}, K), got {runs.shape}")
+    fn = _metric_fn(metric, n_boot, alpha)
+
+    def stat(idx):
+        return sum(w * np.mean([fn(labels[idx], p[idx]) for p in runs]) for w, runs in terms)
+
+    stats = [stat(idx) for idx in _stratified_resamples(labels, n_boot, seed)]
+    low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return float(stat(np.arange(len(labels)))), float(low), float(high)
+
+
 def mean_ci(values, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
     """{"mean", "ci" (percentile bootstrap of the mean, or None), "n"} of the finite `values` (NaN = undefined)."""
     values = np.asarray(values, np.float64)
