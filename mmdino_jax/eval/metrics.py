@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, matthews_corrcoef, roc_auc_score
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 from mmdino_jax.constants import CLASS_NAMES
 
@@ -39,7 +39,13 @@ def check_predictions(labels, probs) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mcc(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float(matthews_corrcoef(labels, probs.argmax(axis=1)))
+    """Multi-class MCC (Gorodkin's R_K, the value of sklearn's `matthews_corrcoef`, 0 where it is undefined) from
+    the confusion counts: the bootstraps call it thousands of times, and sklearn's input validation dominates."""
+    k = probs.shape[1]
+    confusion = np.bincount(labels * k + probs.argmax(axis=1), minlength=k * k).reshape(k, k).astype(np.float64)
+    true, pred, n = confusion.sum(axis=1), confusion.sum(axis=0), confusion.sum()
+    denominator = np.sqrt((n * n - pred @ pred) * (n * n - true @ true))
+    return float((np.trace(confusion) * n - pred @ true) / denominator) if denominator > 0 else 0.0
 
 
 def _macro_topk_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
