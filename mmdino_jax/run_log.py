@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from tensorboardX import SummaryWriter
+
+def summary_writer(logdir: str):
+    """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet: tensorboardX uses
+    torch only to accept torch tensors, and importing it costs every training process seconds. (A `None`
+    entry in sys.modules makes `import torch` raise ImportError, which tensorboardX handles.)"""
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(logdir)
 
 
 class RunLog:
@@ -15,7 +29,7 @@ class RunLog:
         self.enabled = enabled
         if enabled:
             self.file = open(Path(workdir) / "metrics.jsonl", "a")
-            self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self.tb = summary_writer(str(Path(workdir) / "tensorboard"))
 
     def write(self, record: dict) -> None:
         if not self.enabled:

@@ -125,3 +125,19 @@ def test_paired_bootstrap_difference_matches_a_numpy_reference():
     np.testing.assert_allclose([low, high], np.quantile(stats, [0.025, 0.975]), atol=1e-9)
     assert 0 < low < diff < high
     assert paired_bootstrap_difference(labels, probs_a, probs_a, n_boot=20) == (0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("case", ["random", "one predicted class", "perfect", "inverted", "class never predicted"])
+def test_mcc_from_confusion_counts_equals_sklearn(case):
+    from mmdino_jax.eval.metrics import _mcc
+
+    labels, probs = _random_case(n=97, signal=0.5, seed=3)
+    if case == "one predicted class":
+        probs = np.tile([0.2, 0.7, 0.1], (len(labels), 1))
+    elif case == "perfect":
+        probs = np.eye(3)[labels]
+    elif case == "inverted":
+        probs = np.eye(3)[(labels + 1) % 3]
+    elif case == "class never predicted":
+        probs = np.eye(3)[np.where(labels == 2, 0, labels)]
+    assert _mcc(labels, probs) == pytest.approx(matthews_corrcoef(labels, probs.argmax(1)), abs=1e-12)

@@ -39,13 +39,13 @@ def check_predictions(labels, probs) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mcc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Multiclass MCC of the argmax prediction (Gorodkin's R_K, as sklearn's matthews_corrcoef, 0 when undefined),
-    from the confusion matrix in numpy: bootstraps call it thousands of times."""
+    """Multi-class MCC (Gorodkin's R_K, the value of sklearn's `matthews_corrcoef`, 0 where it is undefined) from
+    the confusion counts: the bootstraps call it thousands of times, and sklearn's input validation dominates."""
     k = probs.shape[1]
     confusion = np.bincount(labels * k + probs.argmax(axis=1), minlength=k * k).reshape(k, k).astype(np.float64)
-    true, pred, n = confusion.sum(1), confusion.sum(0), confusion.sum()
+    true, pred, n = confusion.sum(axis=1), confusion.sum(axis=0), confusion.sum()
     denominator = np.sqrt((n * n - pred @ pred) * (n * n - true @ true))
-    return float((np.trace(confusion) * n - true @ pred) / denominator) if denominator else 0.0
+    return float((np.trace(confusion) * n - pred @ true) / denominator) if denominator > 0 else 0.0
 
 
 def _macro_topk_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:

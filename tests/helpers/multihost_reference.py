@@ -13,7 +13,7 @@ SMOKE = "configs/demo.py:smoke"
 # Shared by both runs. mesh.fsdp=2 also splits the position embedding (the smoke model's one array of
 # >= 2**16 elements) and its teacher / Adam copies; KoLeo then sees 2 samples per "data" group, not 1.
 OVERRIDES = {"checkpoint_every": 2, "log_every": 1, "eval.at_end": False, "mesh.fsdp": 2}
-TOTAL = 6
+TOTAL = 4
 
 
 class ProcessUnion:

@@ -1,5 +1,6 @@
 """Run in a subprocess with 8 simulated CPU devices: two train steps on several meshes, compared, for the
-MM-DINOv2 step and the supervised-baseline step (`python tests/helpers/step_parity.py` prints OK lines)."""
+MM-DINOv2 step and the supervised-baseline step (`python tests/helpers/step_parity.py ssl|supervised` prints an
+OK line; the two run as separate processes so that a parallel test run can take them side by side)."""
 
 import os
 import sys
@@ -38,20 +39,21 @@ def compare(name, build, batch, metric_names, params_of):
     print(f"OK {name}: max parameter difference {worst:.2e}")
 
 
-def main():
+def ssl():
     config = load_config("configs/demo.py:smoke")
     config.ssl.koleo_loss_weight = 0.0  # KoLeo is per device by design: it differs with the mesh
     config.optim.freeze_last_layer_steps = 0
-    batch = random_batch(config)
-    compare("ssl", lambda: build_learner(config, np.array([0, 1, 2, 2, -1])), batch,
+    compare("ssl", lambda: build_learner(config, np.array([0, 1, 2, 2, -1])), random_batch(config),
             ("loss", "dino_local", "dino_global", "ibot", "semi"), lambda s: s["student"])
 
-    supervised = load_config("configs/supervised_baseline.py:smoke")
-    labeled = {k: batch[k] for k in BATCH_KEYS}
+
+def supervised():
+    config = load_config("configs/supervised_baseline.py:smoke")
+    labeled = {k: v for k, v in random_batch(load_config("configs/demo.py:smoke")).items() if k in BATCH_KEYS}
     labeled["label"] = np.arange(len(labeled["label"]), dtype=np.int32) % 3
-    compare("supervised", lambda: build_classifier(supervised), labeled, ("loss", "train_accuracy"),
+    compare("supervised", lambda: build_classifier(config), labeled, ("loss", "train_accuracy"),
             lambda s: s["params"])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    {"ssl": ssl, "supervised": supervised}[sys.argv[1]]()
