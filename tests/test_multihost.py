@@ -3,7 +3,8 @@
 The 2-process run goes through `launch/local_multiprocess.sh` (coordinator on 127.0.0.1, gloo CPU
 collectives) to step 4. In the slow variant (`pytest -m slow`) its step-4 checkpoint is then deleted (a crash
 after checkpoint 2) and the relaunched job resumes from step 2 and must repeat steps 3 and 4 (to round-off);
-CI covers resume with the kill -9 tests of tests/test_train.py, which share the checkpoint code. Each process reads its own
+CI covers resume with the kill -9 tests of tests/test_train.py, which share the checkpoint code. Each
+process reads its own
 shard of the subjects (Grain, seeded per process), so a plain 1-process run would see other samples.
 The reference therefore runs `tests/helpers/multihost_reference.py`: one process with 8 devices whose data iterator
 yields, each step, the batches of processes 0 and 1 of a 2-process run concatenated in process order,
