@@ -15,6 +15,15 @@ def pytest_configure(config):
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmdino-test-xla-")
         config._mmdino_xla_cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    # Cache every executable, not only those over 1 s to compile: a CLI subprocess otherwise recompiles the
+    # dozens of small ones (parameter initialisers, evaluation) that the session's earlier runs compiled.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # The tests' models are tiny, so compiling dominates running: LLVM's optimisation passes cost more than
+    # they save (the smoke SSL step compiles in ~9 s instead of ~12 s). A test that sets XLA_FLAGS itself for
+    # its subprocesses (simulated devices) passes this flag on or drops it.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
 
 
 def pytest_unconfigure(config):
