@@ -47,6 +47,13 @@ VARIANTS = {
     "recipe_lr_5e-3": {**RECIPE, "optim.base_lr": 5e-3},
     "recipe_lr_1e-3": {**RECIPE, "optim.base_lr": 1e-3},
     "recipe_semi_1.0": {**RECIPE, "ssl.semi_loss_weight": 1.0},
+    # Sinkhorn-Knopp targets (DINOv2's alternative to centering): each batch's teacher targets are spread over
+    # the K = 3 prototypes, so the DINO terms cannot collapse onto one prototype or go uniform
+    "sinkhorn": {"ssl.centering": "sinkhorn_knopp"},
+    # half of every batch labeled (4 of 8) instead of the cohort's 25 %: twice the semi-supervised signal
+    "labeled_half": {"data.labeled_fraction": 0.5},
+    "sinkhorn_labeled_half": {"ssl.centering": "sinkhorn_knopp", "data.labeled_fraction": 0.5},
+    "sinkhorn_recipe": {**RECIPE, "ssl.centering": "sinkhorn_knopp"},
 }
 
 

@@ -106,21 +106,27 @@ def source_backbone(config) -> tuple[DinoViT, str]:
     return nnx.merge(nnx.split(nnx.eval_shape(lambda: DinoViT(cfg)))[0], params), provenance
 
 
-def build_model(config) -> FinetuneModel:
-    """Backbone from `finetune.init`, adapters if `finetune.lora_rank` > 0, and a fresh linear head."""
-    f = config.finetune
-    backbone, provenance = source_backbone(config)
-    head = nnx.Linear(pooled_dim(backbone.cfg.embed_dim, f.pooling), len(CLASS_NAMES),
-                      kernel_init=_HEAD_INIT, rngs=nnx.Rngs(config.seed + 1))
+def with_head(backbone: DinoViT, pooling: str, seed: int, lora_rank: int, lora_mlp: bool,
+              provenance: str) -> FinetuneModel:
+    """`backbone` with a fresh linear head on `pooling`, and rank-`lora_rank` adapters if it is > 0."""
+    head = nnx.Linear(pooled_dim(backbone.cfg.embed_dim, pooling), len(CLASS_NAMES),
+                      kernel_init=_HEAD_INIT, rngs=nnx.Rngs(seed + 1))
     head_params = nnx.state(head).to_pure_dict()
-    if f.lora_rank:
+    if lora_rank:
         graphdef, adapters, base = lora.split_adapters(
-            lora.add_lora(backbone, f.lora_rank, f.lora_mlp, nnx.Rngs(config.seed + 2)))
+            lora.add_lora(backbone, lora_rank, lora_mlp, nnx.Rngs(seed + 2)))
         params, frozen = {"backbone": adapters, "head": head_params}, base
     else:
         graphdef, state = nnx.split(backbone)
         params, frozen = {"backbone": state.to_pure_dict(), "head": head_params}, {}
-    return FinetuneModel(graphdef, params, frozen, backbone.cfg, f.pooling, provenance)
+    return FinetuneModel(graphdef, params, frozen, backbone.cfg, pooling, provenance)
+
+
+def build_model(config) -> FinetuneModel:
+    """Backbone from `finetune.init`, adapters if `finetune.lora_rank` > 0, and a fresh linear head."""
+    f = config.finetune
+    backbone, provenance = source_backbone(config)
+    return with_head(backbone, f.pooling, config.seed, f.lora_rank, f.lora_mlp, provenance)
 
 
 def tree_bytes(tree) -> int:

@@ -41,7 +41,7 @@ def run_baseline(config, workdir: str, init_only: bool = False) -> dict:
         Path(workdir).mkdir(parents=True, exist_ok=True)
         prepared_cache(config, workdir)
         learner = build_classifier(config)
-        params, step = learner.params["backbone"], 0
+        params, step = learner.params["trainable"]["backbone"], 0
         provenance = f"random init (seed {config.seed}), untrained"
     else:
         fitted = fit(config, workdir, build_classifier, desc="supervised")

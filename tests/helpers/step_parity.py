@@ -12,8 +12,9 @@ import numpy as np  # noqa: E402
 
 from mmdino_jax import sharding  # noqa: E402
 from mmdino_jax.config_base import load_config  # noqa: E402
+from mmdino_jax.finetune.learner import BATCH_KEYS  # noqa: E402
 from mmdino_jax.ssl.learner import build_learner, random_batch  # noqa: E402
-from mmdino_jax.supervised.learner import BATCH_KEYS, build_classifier  # noqa: E402
+from mmdino_jax.supervised.learner import build_classifier  # noqa: E402
 from mmdino_jax.training.sharded import shard_learner  # noqa: E402
 
 
