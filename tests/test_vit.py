@@ -204,3 +204,16 @@ def test_head_output_and_weight_norm():
     head.last_layer.weight_v[...] = head.last_layer.weight_v[...] * 3.0
     np.testing.assert_allclose(head(x), y, atol=1e-6)
     assert DINOHead(32, 3, nlayers=1).mlp[0].kernel[...].shape == (32, 256)
+
+
+@pytest.mark.parametrize("dtype,atol,rtol", [(jnp.float32, 1e-6, 0), (jnp.bfloat16, 1e-2, 1.6e-2)])  # bf16: 2 ulp
+def test_erf_gelu_matches_the_exact_gelu_and_its_gradient(dtype, atol, rtol):
+    from mmdino_jax.models.activations import gelu
+
+    x = jnp.asarray(np.linspace(-8, 8, 4001), dtype)
+    exact = lambda v: jax.nn.gelu(v, approximate=False)
+    np.testing.assert_allclose(np.asarray(gelu(x), np.float32), np.asarray(exact(x), np.float32), atol=atol,
+                               rtol=rtol)
+    grad = lambda f: np.asarray(jax.vmap(jax.grad(lambda v: f(v).astype(jnp.float32)))(x), np.float32)
+    np.testing.assert_allclose(grad(gelu), grad(exact), atol=atol * 4, rtol=rtol)
+    assert gelu(x).dtype == dtype

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmdino_jax.models.activations import gelu
+
 _LINEAR_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 # Inputs of a linear classifier on the backbone: the CLS token, or CLS and the mean patch token.
 POOLINGS = ("cls", "cls+mean_patch")
@@ -92,6 +94,6 @@ class DINOHead(nnx.Module):
         for i, layer in enumerate(self.mlp):
             x = layer(x)
             if i < len(self.mlp) - 1:
-                x = jax.nn.gelu(x, approximate=False)
+                x = gelu(x)
         x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
         return self.last_layer(x)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmdino_jax.models.activations import gelu
 from mmdino_jax.models.attention import IMPLEMENTATIONS, attention_weights, dot_product_attention
 from mmdino_jax.models.pos_embed import resize_pos_grid
 
@@ -166,7 +167,7 @@ class Mlp(nnx.Module):
         self.fc2 = _linear(hidden, dim, dtype, rngs)
 
     def __call__(self, x):
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+        return self.fc2(gelu(self.fc1(x)))
 
 
 class SwiGLU(nnx.Module):
