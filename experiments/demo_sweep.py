@@ -54,6 +54,12 @@ VARIANTS = {
     "labeled_half": {"data.labeled_fraction": 0.5},
     "sinkhorn_labeled_half": {"ssl.centering": "sinkhorn_knopp", "data.labeled_fraction": 0.5},
     "sinkhorn_recipe": {**RECIPE, "ssl.centering": "sinkhorn_knopp"},
+    # LayerScale 0.1 instead of DINOv2's 1e-5: at 1e-5 the blocks add almost nothing at init, so every image's
+    # CLS token is nearly the same vector, the teacher's head gives every image the same (uniform) target and
+    # the slow EMA teacher keeps it that way; 1e-5 suits a start from trained weights, not from scratch
+    "layerscale_0.1": {"model.layerscale_init": 0.1},
+    "layerscale_0.1_recipe": {**RECIPE, "model.layerscale_init": 0.1},
+    "layerscale_1_recipe": {**RECIPE, "model.layerscale_init": 1.0},
 }
 
 

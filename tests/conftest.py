@@ -41,3 +41,20 @@ def smoke_cache(tmp_path_factory):
     from mmdino_jax.data.setup import ensure_cache
 
     return ensure_cache(load_config("configs/demo.py:smoke").data, str(tmp_path_factory.mktemp("smoke")), 0)
+
+
+@pytest.fixture(scope="session")
+def smoke(smoke_cache, tmp_path_factory):
+    """The bad-input tests' smoke artifacts (helpers/bad_inputs.py `build_smoke`): cohort, cache, an exported
+    classifier and a run directory with two checkpoints."""
+    from helpers.bad_inputs import build_smoke
+
+    return build_smoke(smoke_cache, tmp_path_factory.mktemp("bad_inputs"))
+
+
+@pytest.fixture(scope="session")
+def blank_cohort(smoke, tmp_path_factory):
+    """A cohort of one good subject and one per blank-input fault, prepared once."""
+    from helpers.bad_inputs import build_blank_cohort
+
+    return build_blank_cohort(smoke, tmp_path_factory.mktemp("blank"))
