@@ -81,7 +81,7 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
     def head(params, x):
         return nnx.merge(head_def, params)(x)
 
-    def teacher_targets(teacher, globals_, present_g, temp, center, ibot_center):
+    def teacher_targets(teacher, globals_, present_g, temp, center, ibot_center, tokens):
         out = backbone(teacher["backbone"], globals_, present=present_g)
         cls_logits = head(teacher["head"], out["cls"])
         patch_logits = head(teacher["head"], out["patch"])
@@ -90,7 +90,8 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
             patch_probs = teacher_lib.softmax_center(patch_logits, ibot_center, temp)
         elif cfg.centering == "sinkhorn_knopp":
             cls_probs = teacher_lib.sinkhorn_knopp(cls_logits, temp)
-            patch_probs = teacher_lib.sinkhorn_knopp(patch_logits, temp)
+            # over the iBOT target tokens only, as DINOv2 (`sinkhorn_knopp_teacher` of the masked tokens)
+            patch_probs = teacher_lib.sinkhorn_knopp(patch_logits, temp, mask=tokens)
         else:
             raise ValueError(f"ssl.centering must be centering or sinkhorn_knopp, not {cfg.centering!r}")
         return cls_logits, patch_logits, cls_probs, patch_probs
@@ -135,8 +136,9 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
             mask_sample_prob=cfg.mask_sample_probability, ratio_min_max=cfg.mask_ratio_min_max)
         temp = _at(schedules["teacher_temp"], update)
         weights = {**cfg.weights, "koleo": cfg.weights["koleo"] * _at(schedules["koleo_scale"], update)}
+        tokens = target_tokens.reshape(globals_.shape[0], -1)
         cls_logits, patch_logits, cls_probs, patch_probs = teacher_targets(
-            state["teacher"], globals_, present_g, temp, state["center"], state["ibot_center"])
+            state["teacher"], globals_, present_g, temp, state["center"], state["ibot_center"], tokens)
         targets = jax.lax.stop_gradient((cls_probs, patch_probs))
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (terms, semi_acc)), grads = grad_fn(state["student"], batch, targets, masks, target_tokens, k_drop,
@@ -146,7 +148,6 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
         momentum = _at(schedules["teacher_momentum"], update)
         teacher = jax.tree.map(lambda new, old: jnp.where(updated, new, old),
                                teacher_lib.ema_update(state["teacher"], student, momentum), state["teacher"])
-        tokens = target_tokens.reshape(patch_logits.shape[:2])
         new_state = {
             "student": student,
             "teacher": teacher,
