@@ -6,7 +6,7 @@ Generates the demo's internal train and val splits once (no external test split:
 prepares them at the demo's spacing (or uses the prepared cache ``--cache``, e.g. a demo run's), then
 trains each variant of ``VARIANTS`` for ``--steps`` steps
 (`configs/demo.py` plus the variant's overrides) and records the validation probe's MCC of the final teacher,
-with the same probe on the random-init backbone as the bar to beat. Results are appended to
+with the same probe on the variant's random-init backbone as the bar to beat. Results are appended to
 ``OUT/sweep.jsonl`` (a variant already there is skipped) and printed as a Markdown table.
 """
 
@@ -27,9 +27,10 @@ from mmdino_jax.eval.extract import FeatureExtractor
 
 CONFIG = "configs/demo.py"
 # The recipe the sweep starts from: the demo as it was before the sweep, with the paper's rules (per-batch
-# class weights, KoLeo 0.1 from step 0). Pinned here, so that later edits of configs/demo.py do not move it.
-BASE = {"ssl.semi_class_weights": "batch", "ssl.koleo_loss_weight": 0.1, "ssl.koleo_warmup_steps": 0,
-        "optim.base_lr": 2e-3, "ssl.momentum_teacher": 0.992, "model.head_hidden_dim": 512,
+# class weights, KoLeo 0.1 from step 0, DINOv2's LayerScale 1e-5). Pinned here, so that later edits of
+# configs/demo.py do not move it.
+BASE = {"model.layerscale_init": 1e-5, "ssl.semi_class_weights": "batch", "ssl.koleo_loss_weight": 0.1,
+        "ssl.koleo_warmup_steps": 0, "optim.base_lr": 2e-3, "ssl.momentum_teacher": 0.992, "model.head_hidden_dim": 512,
         "model.head_bottleneck_dim": 128, "data.batch_size": 8, "ssl.semi_loss_weight": 0.5}
 # The candidate recipe: fixes for what a short from-scratch run at batch 8 gets wrong with the paper's rules.
 # - teacher momentum 0.95: at 0.992 -> 1 over ~100 steps the EMA teacher moves only ~1/3 of the way from
@@ -60,6 +61,9 @@ VARIANTS = {
     "layerscale_0.1": {"model.layerscale_init": 0.1},
     "layerscale_0.1_recipe": {**RECIPE, "model.layerscale_init": 0.1},
     "layerscale_1_recipe": {**RECIPE, "model.layerscale_init": 1.0},
+    # 5x the learning rate (effective lr 8.8e-4 after the sqrt(batch / 1024) scaling instead of 1.8e-4)
+    "layerscale_0.1_recipe_lr_1e-2": {**RECIPE, "model.layerscale_init": 0.1, "optim.base_lr": 1e-2},
+    "lr_1e-2": {"optim.base_lr": 1e-2},
 }
 
 

@@ -95,8 +95,14 @@ def test_resume_after_kill_repeats_the_same_losses(tmp_path, smoke_cache, module
     assert "resumed from step" in result.stdout + result.stderr
     expected, got = metrics_by_step(reference), metrics_by_step(resumed)
     assert sorted(got) == sorted(expected) == list(range(1, 7))
+    # To round-off, not bitwise: with LayerScale 0.1 the blocks' float32 round-off reaches the loss, and under
+    # the parallel suite a resumed run was seen 1 float32 ulp away (1.3e-7 relative) from the reference; a
+    # wrong restored state, schedule or data position moves the losses by far more.
     for step in (5, 6):
-        assert got[step]["loss"] == expected[step]["loss"], (step, got[step], expected[step])
+        for term in ("loss", "dino_local", "dino_global", "ibot", "koleo", "semi"):
+            if term in expected[step]:
+                np.testing.assert_allclose(got[step][term], expected[step][term], rtol=1e-6,
+                                           err_msg=f"step {step} {term}")
 
 
 @pytest.mark.parametrize("learner", ["ssl", "supervised"])
@@ -112,6 +118,8 @@ def test_demo_keeps_the_rules_the_sweep_chose_and_the_paper_config_the_paper_val
         0.992, "batch", 0.1)
     assert demo.data.phantom.val_subjects >= 150 and demo.data.phantom.test_subjects >= 150
     assert demo.eval.compare_init and demo.data.spacing == paper.data.spacing == 1.0
+    assert (demo.model.layerscale_init, demo.total_steps) == (0.1, 250)  # the sweep's choice (from scratch)
+    assert paper.model.layerscale_init == 1e-5  # DINOv2's, as the paper's start from its weights
     assert (paper.ssl.momentum_teacher, paper.ssl.semi_class_weights, paper.ssl.koleo_loss_weight,
             paper.ssl.koleo_warmup_steps, paper.eval.compare_init) == (0.992, "batch", 0.1, 0, False)
 
