@@ -49,7 +49,8 @@ VARIANTS = {
     "recipe_lr_1e-3": {**RECIPE, "optim.base_lr": 1e-3},
     "recipe_semi_1.0": {**RECIPE, "ssl.semi_loss_weight": 1.0},
     # Sinkhorn-Knopp targets (DINOv2's alternative to centering): each batch's teacher targets are spread over
-    # the K = 3 prototypes, so the DINO terms cannot collapse onto one prototype or go uniform
+    # the K = 3 prototypes, so they cannot all pick one prototype (they still go uniform when every image
+    # gets the same teacher logits, as at LayerScale 1e-5: docs/demo_sweep.md)
     "sinkhorn": {"ssl.centering": "sinkhorn_knopp"},
     # half of every batch labeled (4 of 8) instead of the cohort's 25 %: twice the semi-supervised signal
     "labeled_half": {"data.labeled_fraction": 0.5},

@@ -1,7 +1,7 @@
 """Exact (erf) GELU, written as PyTorch's `nn.GELU()` computes it: 0.5 x (1 + erf(x / sqrt 2)).
 
 `jax.nn.gelu(approximate=False)` goes through `erfc`, which XLA:CPU evaluates ~2x slower than `erf`
-(bench/README.md); the two agree to float32 round-off (tests/test_vit.py).
+(bench/bench_gelu.py, bench/README.md); the two agree to float32 round-off (tests/test_vit.py).
 """
 
 import jax

@@ -90,12 +90,8 @@ def rewrite(path: Path, values) -> None:
     nib.save(nib.Nifti1Image(data, image.affine), path)
 
 
-
-
 def prepare_argv(root, out):
     return ["--root", str(root), "--layout", "mmdino", "--output", str(out), "--workers", "1"]
-
-
 
 
 def build_blank_cohort(smoke, folder: Path) -> SimpleNamespace:
