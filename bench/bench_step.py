@@ -28,9 +28,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mmdino_jax import sharding
+from mmdino_jax import host_memory, sharding
 from mmdino_jax.config_base import load_config
 from mmdino_jax.models.build import vit_config
+from mmdino_jax.ssl import masking
 from mmdino_jax.ssl.learner import build_learner, random_batch
 from mmdino_jax.training.sharded import shard_learner
 
@@ -53,15 +54,18 @@ def head_flops(model_cfg, embed_dim: int, vectors: int) -> float:
 
 
 def step_flops(config) -> float:
-    """Analytic FLOPs of one step: teacher forward + student forward and backward (2x forward)."""
-    d, m = config.data, config.model
+    """Analytic FLOPs of one step on one device: teacher forward + student forward and backward (2x
+    forward); the heads run on the CLS tokens and on the iBOT targets gathered up to their bound."""
+    d, m, o = config.data, config.model, config.ssl
     cfg = vit_config(m)
     b, s = d.batch_size, len(d.sequences.split(","))
     n_g = s * (d.global_crops_size // cfg.patch_size) ** 2
     g_images, l_images = 2 * b, d.local_crops_number * b
     globals_ = vit_flops(cfg, g_images, s, d.global_crops_size)
     locals_ = vit_flops(cfg, l_images, s, d.local_crops_size)
-    heads_g = head_flops(m, cfg.embed_dim, g_images * (1 + n_g))
+    targets = masking.target_bound(g_images, g_images, s, n_g // s, o.modality_masked, o.mask_sample_probability,
+                                   tuple(o.mask_ratio_min_max))
+    heads_g = head_flops(m, cfg.embed_dim, g_images + targets)
     teacher = globals_ + heads_g
     student = globals_ + locals_ + heads_g + head_flops(m, cfg.embed_dim, l_images)
     return teacher + 3 * student
@@ -74,7 +78,7 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None) -> dict:
+def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None, pause: float = 0.0) -> dict:
     config = load_config(spec)
     if batch_size:
         config.data.batch_size = batch_size
@@ -96,8 +100,10 @@ def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None
     torch_step = make_torch_step(config, host_batch, **torch_opts) if torch_opts else None
     jax_times, torch_times = [], []
     for _ in range(steps + 1):  # the first round is the warm-up
+        time.sleep(pause)
         jax_times.append(_timed(jax_step))
         if torch_step is not None:
+            time.sleep(pause)
             torch_times.append(_timed(torch_step))
     jax_times, torch_times = np.asarray(jax_times[1:]), np.asarray(torch_times[1:])
     step_s = float(np.median(jax_times[:, 0]))
@@ -149,14 +155,18 @@ def main() -> None:
     parser.add_argument("--torch-compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="device peak (e.g. 989 for H100/H200 bf16 dense): adds an MFU column")
+    parser.add_argument("--pause", type=float, default=1.0,
+                        help="seconds idle before each timed step, so that neither library's idle threads (which "
+                             "spin a while after a parallel region) still hold a core when the other's step starts")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
     args = parser.parse_args()
+    kept = host_memory.keep_freed_memory()  # for both steps: they share the process
     sizes = args.batch_size or [0]
     if len(sizes) not in (1, len(args.config)):
         parser.error("give --batch-size once or once per --config")
     sizes = sizes * len(args.config) if len(sizes) == 1 else sizes
     torch_opts = None
-    print(f"device: {jax.devices()[0].device_kind} x1, jax {jax.__version__}")
+    print(f"device: {jax.devices()[0].device_kind} x1, jax {jax.__version__}, freed host memory kept: {kept}")
     head = "| config | batch | compile s | step s | samples/s | XLA GFLOP | analytic GFLOP | XLA/analytic | GFLOP/s |"
     rule = "|---|---|---|---|---|---|---|---|---|"
     if args.peak_tflops:
@@ -174,7 +184,7 @@ def main() -> None:
     print(head + "\n" + rule)
     results = []
     for spec, size in zip(args.config, sizes):
-        r = bench(spec, size, args.steps, torch_opts)
+        r = bench(spec, size, args.steps, torch_opts, args.pause)
         results.append(r)
         line = (f"| {r['config']} | {r['batch']} | {r['compile_s']:.0f} | {r['step_s']:.3f} | "
                 f"{r['samples_per_s']:.1f} | {r['xla_gflop']:.1f} | {r['analytic_gflop']:.1f} | "

@@ -103,9 +103,10 @@ def make_batch(config, seed: int = 0) -> dict:
 
 class TorchStep:
     """One MM-DINOv2 update per call on a batch in the JAX step's sample-major layout:
-    teacher forward (no_grad) on the unmasked globals, student forward on masked globals + locals,
-    DINO (local + swapped global), iBOT, KoLeo and semi-supervised losses, backward, per-module grad
-    clipping, AdamW with layer-wise lr / weight-decay param groups, EMA teacher and centre updates."""
+    teacher forward (no_grad) on the unmasked globals, student forward on masked globals + locals, the
+    heads on the CLS tokens and on the iBOT target tokens (gathered, as DINOv2), DINO (local + swapped
+    global), iBOT, KoLeo and semi-supervised losses, backward, per-module grad clipping, AdamW with
+    layer-wise lr / weight-decay param groups, EMA teacher and centre updates."""
 
     def __init__(self, config, seed: int = 0, device: str = "cpu", dtype=torch.float32, compile: bool = False):
         torch.manual_seed(seed)
@@ -173,16 +174,16 @@ class TorchStep:
         cls_l, _ = bb(locals_, (~present_l)[:, :, None].expand(-1, -1, n_loc))
         s_global = head(cls_g).reshape(b, n_g, -1)
         s_local = head(cls_l).reshape(b, n_l, -1)
-        s_patch = head(patch_g)
+        tok = targets.flatten(1)
+        s_patch = head(patch_g.flatten(0, 1)[tok.flatten()])  # the iBOT targets only, as DINOv2
         t_swapped = cls_probs.reshape(b, n_g, -1).flip(1)
         t_cls = cls_probs.reshape(b, n_g, -1)
         n_terms = n_g * n_l + n_g * (n_g - 1)
         dino_local = sum(_xent(t_cls[:, i], s_local[:, j], s.student_temp).mean()
                          for i in range(n_g) for j in range(n_l)) / n_terms
         dino_global = _xent(t_swapped, s_global, s.student_temp).mean(0).sum() / n_terms
-        tok = targets.flatten(1).float()
-        per_tok = _xent(patch_probs, s_patch, s.student_temp)
-        ibot = ((per_tok * tok).sum(1) / tok.sum(1).clamp(min=1.0)).mean()
+        weight = (1.0 / tok.sum(1, keepdim=True).clamp(min=1) / tok.shape[0]).expand_as(tok)[tok]
+        ibot = (_xent(patch_probs, s_patch, s.student_temp) * weight).sum()
         cls_by_crop = cls_g.reshape(b, n_g, -1)
         koleo = sum(_koleo(cls_by_crop[:, i]) for i in range(n_g))
         semi = self._semi(torch.cat([s_local, s_global], dim=1), batch["label"])
@@ -212,7 +213,9 @@ class TorchStep:
         teacher = self.run["teacher"]
         with torch.no_grad(), autocast:
             t_cls, t_patch = teacher["backbone"](globals_, ~present_g[:, :, None].expand(-1, -1, n))
-            cls_logits, patch_logits = teacher["head"](t_cls).float(), teacher["head"](t_patch).float()
+            tok = targets.flatten(1).flatten()
+            cls_logits = teacher["head"](t_cls).float()
+            patch_logits = teacher["head"](t_patch.flatten(0, 1)[tok]).float()
             cls_probs = F.softmax((cls_logits - self.center) / self.temp, dim=-1)
             patch_probs = F.softmax((patch_logits - self.ibot_center) / self.temp, dim=-1)
         with autocast:
@@ -228,9 +231,7 @@ class TorchStep:
             torch._foreach_add_(t_params, s_params, alpha=1.0 - self.momentum)
             mom = self.s.center_momentum
             self.center.mul_(mom).add_(cls_logits.mean(0), alpha=1 - mom)
-            tok = targets.flatten(1).float()[..., None]
-            masked_mean = (patch_logits * tok).sum((0, 1)) / tok.sum().clamp(min=1.0)
-            self.ibot_center.mul_(mom).add_(masked_mean, alpha=1 - mom)
+            self.ibot_center.mul_(mom).add_(patch_logits.mean(0), alpha=1 - mom)
         return float(loss.detach())
 
 

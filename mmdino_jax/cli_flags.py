@@ -23,9 +23,11 @@ LOCAL_DEVICE_COUNT = flags.DEFINE_integer("local_device_count", 0, "Simulate thi
 
 
 def start_processes() -> None:
-    """Multi-process start-up from the flags above (`sharding.start_processes`)."""
-    from mmdino_jax import sharding
+    """Host-memory reuse (`host_memory`), then multi-process start-up from the flags above
+    (`sharding.start_processes`)."""
+    from mmdino_jax import host_memory, sharding
 
+    host_memory.keep_freed_memory()
     sharding.start_processes(DISTRIBUTED.value, COORDINATOR_ADDRESS.value, NUM_PROCESSES.value, PROCESS_ID.value,
                              LOCAL_DEVICE_COUNT.value)
 

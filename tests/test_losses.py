@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmdino_jax.ssl import losses
+from mmdino_jax.ssl import losses, masking
 
 RNG = np.random.default_rng(0)
 
@@ -64,8 +64,15 @@ def test_ibot_loss_matches_masks_weight_formula():
     weights = np.repeat(1.0 / np.maximum(mask.sum(-1), 1), tokens).reshape(crops, tokens)[mask]
     per_token = np.sum(t[mask] * _log_softmax(s[mask] / 0.1), axis=-1)
     expected = -np.sum(per_token * weights) / crops * 2 * 0.5
-    got = losses.ibot_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(mask))
+    weights = losses.ibot_token_weights(jnp.asarray(mask))
+    got = losses.ibot_loss(jnp.asarray(s), jnp.asarray(t), weights)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # the same loss from the gathered target tokens only, in two groups of crops padded to a bound
+    bound = int(mask.reshape(2, -1).sum(1).max()) + 3  # padded rows must weigh nothing
+    rows, valid = masking.target_rows(jnp.asarray(mask), 2, bound)
+    gathered = losses.ibot_loss(masking.take_rows(jnp.asarray(s), rows), masking.take_rows(jnp.asarray(t), rows),
+                                masking.take_rows(weights, rows) * valid)
+    np.testing.assert_allclose(gathered, expected, rtol=1e-5)
 
 
 def _reference_koleo(x, eps=1e-8):
@@ -95,7 +102,7 @@ def test_koleo_loss_sharded_on_8_devices():
         import json, sys
         import jax, numpy as np
         from jax.sharding import NamedSharding, PartitionSpec as P
-        from mmdino_jax.ssl import losses
+        from mmdino_jax.ssl import losses, masking
         x = np.asarray(json.loads(sys.stdin.read()), np.float32)
         mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         xs = jax.device_put(x, NamedSharding(mesh, P(None, "data", None)))

@@ -124,3 +124,27 @@ def test_student_masks_combine_sources():
         assert full.sum() == min(1, crop_present.sum() - 1)
         visible = crop_mask[crop_present & ~full]
         assert (visible == visible[0]).all() and visible[0].sum() < N
+
+
+def test_target_bound_holds_for_every_group_of_crops():
+    """The static bound the step gathers iBOT targets up to is never exceeded, and is nearly reached."""
+    crops, sequences = 16, 4
+    fn = jax.jit(jax.vmap(lambda k: masking.student_masks(k, jnp.ones((crops, sequences), bool), grid=GRID)[1]))
+    targets = np.asarray(fn(jax.random.split(jax.random.key(0), 300))).reshape(300, crops, -1)
+    for group in (crops, 4, 1):
+        bound = masking.target_bound(crops, group, sequences, N)
+        counts = targets.reshape(300, crops // group, -1).sum(-1)
+        assert counts.max() <= bound, (group, counts.max(), bound)
+        assert counts.max() >= 0.9 * bound, (group, counts.max(), bound)
+    assert masking.target_bound(crops, crops, sequences, N) < 0.4 * crops * sequences * N
+
+
+def test_target_rows_gather_each_groups_targets():
+    targets = jnp.asarray(np.random.default_rng(2).random((6, 10)) < 0.3)
+    rows, valid = masking.target_rows(targets, 3, 9)
+    values = jnp.arange(60.0).reshape(6, 10)
+    gathered = np.asarray(masking.take_rows(values, rows))
+    for g in range(3):
+        expected = np.asarray(values[2 * g:2 * g + 2])[np.asarray(targets[2 * g:2 * g + 2])]
+        np.testing.assert_array_equal(gathered[g][np.asarray(valid[g])], expected)
+        assert valid[g].sum() == len(expected)

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmdino_jax.models.activations import gelu
+from mmdino_jax.models.linear import linear, over_rows
 
-_LINEAR_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 # Inputs of a linear classifier on the backbone: the CLS token, or CLS and the mean patch token.
 POOLINGS = ("cls", "cls+mean_patch")
 
@@ -51,7 +51,7 @@ class WeightNormLinear(nnx.Module):
     def __call__(self, x):
         v = self.weight_v[...]
         w = self.weight_g[...] * v / jnp.linalg.norm(v, axis=1, keepdims=True)
-        return jnp.einsum("...i,ki->...k", x.astype(jnp.float32), w)
+        return over_rows(lambda rows: rows @ w.T, x.astype(jnp.float32))
 
 
 class DINOHead(nnx.Module):
@@ -76,7 +76,7 @@ class DINOHead(nnx.Module):
         self.hidden_dim, self.bottleneck_dim, self.nlayers = hidden_dim, bottleneck_dim, nlayers
         dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
         self.mlp = nnx.List(
-            [nnx.Linear(a, b, kernel_init=_LINEAR_INIT, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])]
+            [linear(a, b, rngs) for a, b in zip(dims[:-1], dims[1:])]
         )
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, rngs)
 

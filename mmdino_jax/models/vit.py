@@ -18,6 +18,7 @@ from flax import nnx
 
 from mmdino_jax.models.activations import gelu
 from mmdino_jax.models.attention import IMPLEMENTATIONS, attention_weights, dot_product_attention
+from mmdino_jax.models.linear import LINEAR_INIT, linear, over_rows
 from mmdino_jax.models.pos_embed import resize_pos_grid
 
 _PRESETS = {
@@ -27,7 +28,6 @@ _PRESETS = {
     "vitg14": dict(embed_dim=1536, depth=40, num_heads=24, ffn="swiglu"),
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_LINEAR_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +101,6 @@ class ViTConfig:
         return _DTYPES[self.dtype]
 
 
-def _linear(din: int, dout: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(din, dout, dtype=dtype, kernel_init=_LINEAR_INIT, rngs=rngs)
-
-
 def _layernorm(dim: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, use_fast_variance=False, rngs=rngs)
 
@@ -126,7 +122,7 @@ class PatchEmbed(nnx.Module):
 
     def __init__(self, patch_size: int, dim: int, dtype, rngs: nnx.Rngs):
         self.patch_size, self.dtype = patch_size, dtype
-        self.kernel = nnx.Param(_LINEAR_INIT(rngs.params(), (patch_size, patch_size, 1, dim)))
+        self.kernel = nnx.Param(LINEAR_INIT(rngs.params(), (patch_size, patch_size, 1, dim)))
         rngs.params()  # the key nnx.Conv drew for its (zero) bias: a seed builds the same model as before
         self.bias = nnx.Param(jnp.zeros((dim,)))
 
@@ -136,14 +132,14 @@ class PatchEmbed(nnx.Module):
         patches = images.reshape(m, h // p, p, w // p, p).transpose(0, 1, 3, 2, 4)
         patches = patches.reshape(m, (h // p) * (w // p), p * p).astype(self.dtype)
         kernel = self.kernel[...].reshape(p * p, -1).astype(self.dtype)
-        return patches @ kernel + self.bias[...].astype(self.dtype)
+        return over_rows(lambda rows: rows @ kernel, patches) + self.bias[...].astype(self.dtype)
 
 
 class Attention(nnx.Module):
     def __init__(self, dim: int, num_heads: int, dtype, rngs: nnx.Rngs, implementation: str = "auto"):
         self.num_heads, self.implementation = num_heads, implementation
-        self.qkv = _linear(dim, 3 * dim, dtype, rngs)
-        self.proj = _linear(dim, dim, dtype, rngs)
+        self.qkv = linear(dim, 3 * dim, rngs, dtype)
+        self.proj = linear(dim, dim, rngs, dtype)
 
     def _qkv(self, x):
         b, t, d = x.shape
@@ -163,8 +159,8 @@ class Attention(nnx.Module):
 
 class Mlp(nnx.Module):
     def __init__(self, dim: int, hidden: int, dtype, rngs: nnx.Rngs):
-        self.fc1 = _linear(dim, hidden, dtype, rngs)
-        self.fc2 = _linear(hidden, dim, dtype, rngs)
+        self.fc1 = linear(dim, hidden, rngs, dtype)
+        self.fc2 = linear(hidden, dim, rngs, dtype)
 
     def __call__(self, x):
         return self.fc2(gelu(self.fc1(x)))
@@ -172,8 +168,8 @@ class Mlp(nnx.Module):
 
 class SwiGLU(nnx.Module):
     def __init__(self, dim: int, hidden: int, dtype, rngs: nnx.Rngs):
-        self.w12 = _linear(dim, 2 * hidden, dtype, rngs)
-        self.w3 = _linear(hidden, dim, dtype, rngs)
+        self.w12 = linear(dim, 2 * hidden, rngs, dtype)
+        self.w3 = linear(hidden, dim, rngs, dtype)
 
     def __call__(self, x):
         x1, x2 = jnp.split(self.w12(x), 2, axis=-1)
@@ -229,7 +225,7 @@ class DinoViT(nnx.Module):
         self.patch_embed = PatchEmbed(p, d, dt, rngs)
         key = rngs.params
         self.cls_token = nnx.Param(1e-6 * jax.random.normal(key(), (1, 1, d)))
-        self.pos_embed = nnx.Param(_LINEAR_INIT(key(), (1, 1 + cfg.pos_grid**2, d)))
+        self.pos_embed = nnx.Param(LINEAR_INIT(key(), (1, 1 + cfg.pos_grid**2, d)))
         self.mask_token = nnx.Param(jnp.zeros((1, d)))
         if cfg.num_registers:
             self.register_tokens = nnx.Param(1e-6 * jax.random.normal(key(), (1, cfg.num_registers, d)))

@@ -36,16 +36,25 @@ def dino_loss(student_global, student_local, teacher_probs, student_temp=0.1):
     return jnp.sum(local_ce) / n_terms, global_term
 
 
-def ibot_loss(student_patch_logits, teacher_probs, mask, student_temp=0.1):
-    """iBOT patch loss: mean over the M crops of the per-crop mean cross-entropy over masked tokens.
+def ibot_token_weights(mask):
+    """Per-token iBOT weights (M,T) from the target mask (M,T) bool: 1 / (M * the crop's target count).
 
-    student_patch_logits, teacher_probs: (M,T,K); mask (M,T) bool marks the target tokens. A crop
-    without masked tokens contributes 0 but still counts in the M denominator (DINOv2's masks_weight
-    = 1/n_masked per token, summed and divided by the number of crops; its x2 x 1/2 scales cancel).
+    DINOv2's masks_weight (1 / n_masked per token) divided by the number of crops (its x2 x 1/2 scales
+    cancel). A crop without targets weighs nothing but still counts in M.
+    """
+    count = jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1)
+    return mask / (count * mask.shape[0])
+
+
+def ibot_loss(student_patch_logits, teacher_probs, weights, student_temp=0.1):
+    """iBOT patch loss: the `ibot_token_weights`-weighted sum of the tokens' cross-entropies.
+
+    student_patch_logits, teacher_probs: (...,K); weights (...) for the same tokens: all of them, or only
+    the gathered targets (`masking.take_rows`). With all tokens this is the mean over the M crops of the
+    per-crop mean cross-entropy over the masked tokens.
     """
     ce = -jnp.sum(teacher_probs * jax.nn.log_softmax(student_patch_logits / student_temp, axis=-1), axis=-1)
-    per_crop = jnp.sum(jnp.where(mask, ce, 0.0), axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1)
-    return jnp.mean(per_crop)
+    return jnp.sum(weights * ce)
 
 
 def _koleo(x, eps=1e-8):

@@ -9,6 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _block_mask(key, target, grid, min_num_patches, max_num_patches, log_aspect, max_tries):
@@ -117,3 +118,44 @@ def student_masks(
     sequences = modality_masks(k_seq, present, n_masked_sequences)
     mask = blocks[:, None, :] | sequences[:, :, None]
     return mask, mask & present[:, :, None]
+
+
+def target_bound(
+    n_crops: int,
+    group: int,
+    n_sequences: int,
+    n_patches: int,
+    n_masked_sequences: int = 1,
+    mask_sample_prob: float = 0.5,
+    ratio_min_max: tuple[float, float] = (0.1, 0.5),
+) -> int:
+    """Most iBOT targets that `group` consecutive crops of an `n_crops` batch can hold under `student_masks`.
+
+    A crop holds at most its whole-sequence masks plus its block mask on every other sequence; the
+    `ibot_block_masks` targets are permuted over the batch, so the worst group gets the largest ones.
+    DINOv2 gathers the masked tokens up to a similar bound (its collate's `upperbound`).
+    """
+    n_masked = int(n_crops * mask_sample_prob)
+    upper = np.linspace(ratio_min_max[0], ratio_min_max[1], n_masked + 1)[1:]
+    blocks = sorted((min(n_patches, math.ceil(n_patches * r)) for r in upper), reverse=True)
+    blocks = (blocks + [0] * n_crops)[:group]
+    m = min(n_masked_sequences, n_sequences - 1)
+    return max(1, sum(min(n_sequences * n_patches, m * n_patches + (n_sequences - m) * b) for b in blocks))
+
+
+def target_rows(targets: jax.Array, groups: int, bound: int) -> tuple[jax.Array, jax.Array]:
+    """Where the iBOT targets (M, T) bool are: per group of M / groups consecutive crops, the indices of
+    its targets in the group's (M / groups * T) flattened tokens, padded to `bound` -> rows, valid
+    (groups, bound). Groups follow the batch's split over devices, so the gather stays on each device.
+    """
+    flat = targets.reshape(groups, -1)
+    rows = jax.vmap(lambda t: jnp.nonzero(t, size=bound, fill_value=0)[0])(flat)
+    return rows, jnp.arange(bound) < jnp.sum(flat, axis=1, keepdims=True)
+
+
+def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
+    """The `target_rows` of per-token values x (M, T, ...) -> (groups, bound, ...)."""
+    groups = rows.shape[0]
+    x = x.reshape(groups, -1, *x.shape[2:])
+    index = rows.reshape(*rows.shape, *([1] * (x.ndim - 2)))
+    return jnp.take_along_axis(x, index, axis=1)

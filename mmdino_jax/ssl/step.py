@@ -81,22 +81,22 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
     def head(params, x):
         return nnx.merge(head_def, params)(x)
 
-    def teacher_targets(teacher, globals_, present_g, temp, center, ibot_center, tokens):
+    def teacher_targets(teacher, globals_, present_g, temp, center, ibot_center, rows, valid):
         out = backbone(teacher["backbone"], globals_, present=present_g)
         cls_logits = head(teacher["head"], out["cls"])
-        patch_logits = head(teacher["head"], out["patch"])
+        patch_logits = head(teacher["head"], masking.take_rows(out["patch"], rows))  # the iBOT targets only
         if cfg.centering == "centering":
             cls_probs = teacher_lib.softmax_center(cls_logits, center, temp)
             patch_probs = teacher_lib.softmax_center(patch_logits, ibot_center, temp)
         elif cfg.centering == "sinkhorn_knopp":
             cls_probs = teacher_lib.sinkhorn_knopp(cls_logits, temp)
             # over the iBOT target tokens only, as DINOv2 (`sinkhorn_knopp_teacher` of the masked tokens)
-            patch_probs = teacher_lib.sinkhorn_knopp(patch_logits, temp, mask=tokens)
+            patch_probs = teacher_lib.sinkhorn_knopp(patch_logits, temp, mask=valid)
         else:
             raise ValueError(f"ssl.centering must be centering or sinkhorn_knopp, not {cfg.centering!r}")
         return cls_logits, patch_logits, cls_probs, patch_probs
 
-    def loss_fn(student, batch, targets, masks, target_tokens, key, weights):
+    def loss_fn(student, batch, targets, masks, rows, token_weights, key, weights):
         cls_probs, patch_probs = targets
         n_g, n_l = batch["global"].shape[1], batch["local"].shape[1]
         k_g, k_l = jax.random.split(key)
@@ -107,12 +107,11 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
         out_l = backbone(student["backbone"], locals_, rng=k_l, present=present_l)
         s_global = _by_crop(head(student["head"], out_g["cls"]), n_g)
         s_local = _by_crop(head(student["head"], out_l["cls"]), n_l)
-        s_patch = head(student["head"], out_g["patch"])
+        s_patch = head(student["head"], masking.take_rows(out_g["patch"], rows))
         terms = {}
         terms["dino_local"], terms["dino_global"] = losses.dino_loss(
             s_global, s_local, _by_crop(cls_probs, n_g), cfg.student_temp)
-        terms["ibot"] = losses.ibot_loss(s_patch, patch_probs, target_tokens.reshape(s_patch.shape[:2]),
-                                         cfg.student_temp)
+        terms["ibot"] = losses.ibot_loss(s_patch, patch_probs, token_weights, cfg.student_temp)
         terms["koleo"] = jnp.sum(losses.koleo_loss_sharded(_by_crop(out_g["cls"], n_g), mesh, "data"))
         terms["semi"] = losses.semi_supervised_loss(
             jnp.concatenate([s_local, s_global]), batch["label"], cfg.semi_temperature,
@@ -136,13 +135,19 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
             mask_sample_prob=cfg.mask_sample_probability, ratio_min_max=cfg.mask_ratio_min_max)
         temp = _at(schedules["teacher_temp"], update)
         weights = {**cfg.weights, "koleo": cfg.weights["koleo"] * _at(schedules["koleo_scale"], update)}
+        # The heads see only the iBOT targets, gathered per device up to a static bound (as DINOv2).
         tokens = target_tokens.reshape(globals_.shape[0], -1)
+        bound = masking.target_bound(tokens.shape[0], tokens.shape[0] // mesh.size, len(cfg.sequences),
+                                     grid[0] * grid[1], cfg.modality_masked, cfg.mask_sample_probability,
+                                     cfg.mask_ratio_min_max)
+        rows, valid = masking.target_rows(tokens, mesh.size, bound)
+        token_weights = masking.take_rows(losses.ibot_token_weights(tokens), rows) * valid
         cls_logits, patch_logits, cls_probs, patch_probs = teacher_targets(
-            state["teacher"], globals_, present_g, temp, state["center"], state["ibot_center"], tokens)
+            state["teacher"], globals_, present_g, temp, state["center"], state["ibot_center"], rows, valid)
         targets = jax.lax.stop_gradient((cls_probs, patch_probs))
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (terms, semi_acc)), grads = grad_fn(state["student"], batch, targets, masks, target_tokens, k_drop,
-                                                   weights)
+        (loss, (terms, semi_acc)), grads = grad_fn(state["student"], batch, targets, masks, rows, token_weights,
+                                                   k_drop, weights)
         updates, opt = tx.update(grads, state["opt"], state["student"])
         student = optax.apply_updates(state["student"], updates)
         momentum = _at(schedules["teacher_momentum"], update)
@@ -154,7 +159,7 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
             "opt": opt,
             "center": teacher_lib.update_center(state["center"], cls_logits, cfg.center_momentum),
             "ibot_center": teacher_lib.update_center(state["ibot_center"], patch_logits,
-                                                     cfg.center_momentum, mask=tokens),
+                                                     cfg.center_momentum, mask=valid),
             "step": step + 1,
         }
         metrics = {"loss": loss, **terms, "teacher_temp": temp, "teacher_momentum": momentum,
