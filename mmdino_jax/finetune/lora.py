@@ -1,8 +1,9 @@
 """LoRA adapters on a DinoViT with flax's `nnx.LoRALinear`, and merging them back into plain weights.
 
 `add_lora` swaps each block's attention `qkv` / `proj` (and, with `mlp=True`, the FFN's linear layers)
-for an `nnx.LoRALinear` that keeps the layer's kernel and bias: `y = x @ kernel + bias + x @ A @ B`,
-A (in, r) He-uniform and B (r, out) zero at the start, so the adapted model starts equal to the original.
+for an `nnx.LoRALinear` (on the rows of its input, `models.linear`) that keeps the layer's kernel and bias:
+`y = x @ kernel + bias + x @ A @ B`, A (in, r) He-uniform and B (r, out) zero at the start, so the adapted
+model starts equal to the original.
 The adapters are `nnx.LoRAParam`s; everything else stays at the plain `DinoViT` parameter paths
 (docs/architecture.md), so the frozen part of a LoRA model is a plain backbone's parameter tree.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from mmdino_jax.models.linear import LoRALinear
 from mmdino_jax.models.vit import DinoViT
 
 
@@ -33,7 +35,7 @@ def add_lora(backbone: DinoViT, rank: int, mlp: bool, rngs: nnx.Rngs) -> DinoViT
     for owner, name in _adapted_layers(backbone, mlp):
         old = getattr(owner, name)
         kernel, bias = old.kernel[...], old.bias[...]
-        setattr(owner, name, nnx.LoRALinear(
+        setattr(owner, name, LoRALinear(
             old.in_features, old.out_features, lora_rank=rank, dtype=old.dtype, lora_dtype=old.dtype,
             kernel_init=lambda *_, k=kernel: k, bias_init=lambda *_, b=bias: b, rngs=rngs))
     return backbone

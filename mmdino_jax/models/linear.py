@@ -31,3 +31,10 @@ class Linear(nnx.Linear):
 def linear(din: int, dout: int, rngs: nnx.Rngs, dtype=jnp.float32) -> Linear:
     """DINOv2's linear layer: truncated-normal(0.02) kernel, zero bias."""
     return Linear(din, dout, dtype=dtype, kernel_init=LINEAR_INIT, rngs=rngs)
+
+
+class LoRALinear(nnx.LoRALinear):
+    """`nnx.LoRALinear` (same parameters and result) over the rows of its input."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return over_rows(super().__call__, x)
