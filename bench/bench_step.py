@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -71,11 +72,11 @@ def step_flops(config) -> float:
     return teacher + 3 * student
 
 
-def _timed(fn) -> tuple[float, float]:
-    """(wall s, CPU s of this process) of one call."""
-    t0, c0 = time.perf_counter(), time.process_time()
+def _timed(fn) -> tuple[float, float, int]:
+    """(wall s, CPU s, minor page faults) of this process over one call."""
+    t0, c0, f0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     fn()
-    return time.perf_counter() - t0, time.process_time() - c0
+    return time.perf_counter() - t0, time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
 
 def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None, pause: float = 0.0) -> dict:
@@ -109,7 +110,8 @@ def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None
     step_s = float(np.median(jax_times[:, 0]))
     analytic = step_flops(config)
     result = {"config": spec, "batch": config.data.batch_size, "compile_s": compile_s, "step_s": step_s,
-              "samples_per_s": config.data.batch_size / step_s, "xla_gflop": cost["flops"] / 1e9,
+              "samples_per_s": config.data.batch_size / step_s,
+              "page_faults": int(np.median(jax_times[:, 2])), "xla_gflop": cost["flops"] / 1e9,
               "analytic_gflop": analytic / 1e9, "achieved_gflops": analytic / step_s / 1e9}
     if torch_step is not None:
         t = float(np.median(torch_times[:, 0]))
@@ -167,8 +169,9 @@ def main() -> None:
     sizes = sizes * len(args.config) if len(sizes) == 1 else sizes
     torch_opts = None
     print(f"device: {jax.devices()[0].device_kind} x1, jax {jax.__version__}, freed host memory kept: {kept}")
-    head = "| config | batch | compile s | step s | samples/s | XLA GFLOP | analytic GFLOP | XLA/analytic | GFLOP/s |"
-    rule = "|---|---|---|---|---|---|---|---|---|"
+    head = ("| config | batch | compile s | step s | samples/s | page faults/step | XLA GFLOP | analytic GFLOP | "
+            "XLA/analytic | GFLOP/s |")
+    rule = "|---|---|---|---|---|---|---|---|---|---|"
     if args.peak_tflops:
         head += " MFU |"
         rule += "---|"
@@ -187,7 +190,7 @@ def main() -> None:
         r = bench(spec, size, args.steps, torch_opts, args.pause)
         results.append(r)
         line = (f"| {r['config']} | {r['batch']} | {r['compile_s']:.0f} | {r['step_s']:.3f} | "
-                f"{r['samples_per_s']:.1f} | {r['xla_gflop']:.1f} | {r['analytic_gflop']:.1f} | "
+                f"{r['samples_per_s']:.1f} | {r['page_faults']} | {r['xla_gflop']:.1f} | {r['analytic_gflop']:.1f} | "
                 f"{r['xla_gflop'] / r['analytic_gflop']:.2f} | {r['achieved_gflops']:.1f} |")
         if args.peak_tflops:
             r["mfu"] = r["achieved_gflops"] / (args.peak_tflops * 1e3)

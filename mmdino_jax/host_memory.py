@@ -2,7 +2,7 @@
 
 XLA:CPU allocates the step's activations and temporaries afresh at every execution. With glibc's
 defaults those buffers are mmapped or trimmed back to the kernel when freed, and the next step pays a
-page fault per 4 KiB page it touches again: about a quarter of the demo's CPU step (bench/README.md).
+page fault per 4 KiB page it touches again: 10-25 % of the demo's CPU step (bench/README.md).
 `keep_freed_memory` makes malloc serve them from one arena's heap and never give it back (the process
 keeps its peak footprint). It must run before JAX starts its CPU threads; the CLIs call it first.
 mallopt takes an int, so a step whose temporaries exceed 2 GiB still returns the excess; the environment
