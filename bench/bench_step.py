@@ -37,15 +37,18 @@ from mmdino_jax.ssl.learner import build_learner, random_batch
 from mmdino_jax.training.sharded import shard_learner
 
 
-def vit_flops(cfg, images: int, sequences: int, size: int) -> float:
-    """Matmul FLOPs (2 per multiply-add) of one backbone forward over `images` multi-sequence images."""
+def vit_flops(cfg, images: int, sequences: int, size: int, last_block_rows: int | None = None) -> float:
+    """Matmul FLOPs (2 per multiply-add) of one backbone forward over `images` multi-sequence images.
+
+    `last_block_rows`: the rows (over all images) on which the last block runs its output projection and
+    FFN (`DinoViT` `patch_rows`); None: every token."""
     d, p = cfg.embed_dim, cfg.patch_size
     n = sequences * (size // p) ** 2
     tokens = 1 + cfg.num_registers + n
-    hidden = cfg.hidden_dim
-    ffn = 2 * (3 if cfg.ffn == "swiglu" else 2) * d * hidden
-    per_block = tokens * (2 * 4 * d * d + ffn) + 2 * 2 * tokens * tokens * d
-    return images * (cfg.depth * per_block + n * 2 * p * p * d)
+    qkv, out = 2 * 3 * d * d, 2 * d * d + 2 * (3 if cfg.ffn == "swiglu" else 2) * d * cfg.hidden_dim
+    per_block = tokens * (qkv + out) + 2 * 2 * tokens * tokens * d
+    dropped = 0 if last_block_rows is None else images * tokens - last_block_rows
+    return images * (cfg.depth * per_block + n * 2 * p * p * d) - dropped * out
 
 
 def head_flops(model_cfg, embed_dim: int, vectors: int) -> float:
@@ -54,18 +57,20 @@ def head_flops(model_cfg, embed_dim: int, vectors: int) -> float:
     return vectors * sum(2 * a * c for a, c in zip(dims[:-1], dims[1:]))
 
 
-def step_flops(config) -> float:
+def step_flops(config, rows_only: bool = True) -> float:
     """Analytic FLOPs of one step on one device: teacher forward + student forward and backward (2x
-    forward); the heads run on the CLS tokens and on the iBOT targets gathered up to their bound."""
+    forward); the heads run on the CLS tokens and on the iBOT targets gathered up to their bound. With
+    `rows_only` the backbones' last block runs its projection and FFN only on the tokens the losses read
+    (the JAX step); without, on every token (the PyTorch reference step, as upstream DINOv2)."""
     d, m, o = config.data, config.model, config.ssl
     cfg = vit_config(m)
     b, s = d.batch_size, len(d.sequences.split(","))
     n_g = s * (d.global_crops_size // cfg.patch_size) ** 2
     g_images, l_images = 2 * b, d.local_crops_number * b
-    globals_ = vit_flops(cfg, g_images, s, d.global_crops_size)
-    locals_ = vit_flops(cfg, l_images, s, d.local_crops_size)
     targets = masking.target_bound(g_images, g_images, s, n_g // s, o.modality_masked, o.mask_sample_probability,
                                    tuple(o.mask_ratio_min_max))
+    globals_ = vit_flops(cfg, g_images, s, d.global_crops_size, g_images + targets if rows_only else None)
+    locals_ = vit_flops(cfg, l_images, s, d.local_crops_size, l_images if rows_only else None)
     heads_g = head_flops(m, cfg.embed_dim, g_images + targets)
     teacher = globals_ + heads_g
     student = globals_ + locals_ + heads_g + head_flops(m, cfg.embed_dim, l_images)
@@ -116,9 +121,19 @@ def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None
     if torch_step is not None:
         t = float(np.median(torch_times[:, 0]))
         result["torch"] = {"step_s": t, "samples_per_s": config.data.batch_size / t,
+                           "analytic_gflop": step_flops(config, rows_only=False) / 1e9,
                            "ratio_spread": _spread(torch_times[:, 0] / jax_times[:, 0]),
                            "cpu_ratio": float(np.median(torch_times[:, 1]) / np.median(jax_times[:, 1]))}
     return result
+
+
+def cpu_model() -> str:
+    """The host CPU's model name and its widest vector extensions (figures differ between CPU generations)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name}; {', '.join(isa) or 'no AVX2'}"
 
 
 def _spread(ratios) -> str:
@@ -168,7 +183,8 @@ def main() -> None:
         parser.error("give --batch-size once or once per --config")
     sizes = sizes * len(args.config) if len(sizes) == 1 else sizes
     torch_opts = None
-    print(f"device: {jax.devices()[0].device_kind} x1, jax {jax.__version__}, freed host memory kept: {kept}")
+    print(f"device: {jax.devices()[0].device_kind} x1 ({cpu_model()}), jax {jax.__version__}, "
+          f"freed host memory kept: {kept}")
     head = ("| config | batch | compile s | step s | samples/s | page faults/step | XLA GFLOP | analytic GFLOP | "
             "XLA/analytic | GFLOP/s |")
     rule = "|---|---|---|---|---|---|---|---|---|---|"
@@ -182,8 +198,9 @@ def main() -> None:
                           compile=args.torch_compile)
         print(f"torch {torch.__version__} on {args.torch_device}, {torch_opts['threads']} threads, "
               f"{args.torch_dtype}, compile={args.torch_compile}; {cpus} CPUs available to jax")
-        head += " PyTorch step s | PyTorch samples/s | JAX/PyTorch | per-round ratios | CPU-time ratio |"
-        rule += "---|---|---|---|---|"
+        head += (" PyTorch step s | PyTorch samples/s | PyTorch analytic GFLOP | JAX/PyTorch | per-round ratios | "
+                 "CPU-time ratio |")
+        rule += "---|---|---|---|---|---|"
     print(head + "\n" + rule)
     results = []
     for spec, size in zip(args.config, sizes):
@@ -198,7 +215,8 @@ def main() -> None:
         if "torch" in r:
             t = r["torch"]
             ratio = t["step_s"] / r["step_s"]
-            line += (f" {t['step_s']:.3f} | {t['samples_per_s']:.1f} | {ratio:.2f} | {t['ratio_spread']} | "
+            line += (f" {t['step_s']:.3f} | {t['samples_per_s']:.1f} | {t['analytic_gflop']:.1f} | {ratio:.2f} | "
+                     f"{t['ratio_spread']} | "
                      f"{t['cpu_ratio']:.2f} |")
         print(line, flush=True)
     if args.json:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmdino_jax.models.vit import take_rows
 from mmdino_jax.ssl import losses, masking
 
 RNG = np.random.default_rng(0)
@@ -70,8 +71,8 @@ def test_ibot_loss_matches_masks_weight_formula():
     # the same loss from the gathered target tokens only, in two groups of crops padded to a bound
     bound = int(mask.reshape(2, -1).sum(1).max()) + 3  # padded rows must weigh nothing
     rows, valid = masking.target_rows(jnp.asarray(mask), 2, bound)
-    gathered = losses.ibot_loss(masking.take_rows(jnp.asarray(s), rows), masking.take_rows(jnp.asarray(t), rows),
-                                masking.take_rows(weights, rows) * valid)
+    gathered = losses.ibot_loss(take_rows(jnp.asarray(s), rows), take_rows(jnp.asarray(t), rows),
+                                take_rows(weights, rows) * valid)
     np.testing.assert_allclose(gathered, expected, rtol=1e-5)
 
 

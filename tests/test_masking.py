@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mmdino_jax.models.vit import take_rows
 from mmdino_jax.ssl import masking
 
 GRID = (7, 7)
@@ -143,7 +144,7 @@ def test_target_rows_gather_each_groups_targets():
     targets = jnp.asarray(np.random.default_rng(2).random((6, 10)) < 0.3)
     rows, valid = masking.target_rows(targets, 3, 9)
     values = jnp.arange(60.0).reshape(6, 10)
-    gathered = np.asarray(masking.take_rows(values, rows))
+    gathered = np.asarray(take_rows(values, rows))
     for g in range(3):
         expected = np.asarray(values[2 * g:2 * g + 2])[np.asarray(targets[2 * g:2 * g + 2])]
         np.testing.assert_array_equal(gathered[g][np.asarray(valid[g])], expected)

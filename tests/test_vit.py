@@ -153,6 +153,22 @@ def test_drop_path_subset_keeps_the_other_samples_untouched():
     assert y.shape == x.shape and not np.allclose(y, full_attn + blk.ls2(blk.mlp(blk.norm2(full_attn))))
 
 
+@pytest.mark.parametrize("rate, registers, n_rows", [(0.0, 0, 5), (0.05, 2, 7), (0.4, 0, 6), (0.4, 1, 0)])
+def test_patch_rows_give_the_full_outputs_at_those_rows(rate, registers, n_rows):
+    # the last block on the CLS tokens and the gathered patch tokens only, per group of 4 images; same
+    # stochastic-depth draws (mask mode at 0.05, batch-subset mode at 0.4); n_rows 0: CLS only
+    from mmdino_jax.models.vit import take_rows
+
+    model = DinoViT(ViTConfig(**TINY, num_registers=registers, drop_path_rate=rate))
+    x, key = _images(b=8, s=2), jax.random.key(5)
+    rows = jnp.asarray(np.random.RandomState(1).choice(4 * 2 * 4, (2, n_rows), replace=False), jnp.int32)
+    full = nnx.jit(lambda m, x: m(x, (0, 1), rng=key))(model, x)
+    kept = nnx.jit(lambda m, x, r: m(x, (0, 1), rng=key, patch_rows=r))(model, x, rows)
+    np.testing.assert_allclose(kept["cls"], full["cls"], rtol=1e-5, atol=1e-5)
+    assert kept["patch"].shape == (2, n_rows, 32)
+    np.testing.assert_allclose(kept["patch"], take_rows(full["patch"], rows), rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_compute_keeps_float32_parameters():
     cfg = ViTConfig(**TINY, dtype="bfloat16")
     model = DinoViT(cfg)

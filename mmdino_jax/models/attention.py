@@ -4,9 +4,9 @@
 `jax.nn.dot_product_attention`. With `implementation="auto"` the backend picks:
 
 - cpu: `xla_cpu`, a hand-written forward and backward (`jax.custom_vjp`) on a (B, heads, T, d) layout,
-  looped over the images (`lax.map`) so that each image's (heads, T, T) scores stay in cache; the
-  forward keeps only the log-sum-exp, the backward recomputes the probabilities from it (bench/README.md
-  has the measurements against `jax.nn.dot_product_attention` and PyTorch's SDPA);
+  batched over the images: the forward keeps only the log-sum-exp, the backward recomputes the
+  probabilities from it (bench/README.md has the measurements against `jax.nn.dot_product_attention`,
+  PyTorch's SDPA and the per-image `lax.map` loop this replaced);
 - gpu: cuDNN's fused flash attention (`jax.nn.dot_product_attention(implementation="cudnn")`) where it
   applies (bfloat16 / float16, head_dim <= 128 and a multiple of 8), else XLA's;
 - tpu: Splash attention (Pallas), imported only there; T is padded to the kernel's 128-token blocks
@@ -65,58 +65,58 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementati
         return reference_attention(q, k, v)
     if impl == "xla_cpu":
         to_bhtd = lambda x: jnp.swapaxes(x, 1, 2)
-        return to_bhtd(_per_image_attention(to_bhtd(q), to_bhtd(k), to_bhtd(v)))
+        return to_bhtd(_lse_attention(to_bhtd(q), to_bhtd(k), to_bhtd(v)))
     if impl in ("cudnn", "xla"):
         return jax.nn.dot_product_attention(q, k, v, implementation=impl)
     return _splash_attention(q, k, v)
 
 
-# --- xla_cpu: per-image loop with a hand-written VJP on (B, H, T, d) ------------------------------------
+# --- xla_cpu: a hand-written VJP on (B, H, T, d) -------------------------------------------------------
 
 def _logits(q, k):
     scale = q.shape[-1] ** -0.5
-    return jnp.einsum("hqd,hkd->hqk", q, k, preferred_element_type=jnp.float32) * scale
+    return jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
 
 
-def _image_forward(q, k, v):
-    """One image (H, T, d): output and the float32 log-sum-exp (H, T, 1) of its logits."""
+def _forward(q, k, v):
+    """Output and the float32 log-sum-exp (B, H, T, 1) of the logits."""
     s = _logits(q, k)
     m = jnp.max(s, axis=-1, keepdims=True)
     e = jnp.exp(s - m)
     total = jnp.sum(e, axis=-1, keepdims=True)
-    o = jnp.einsum("hqk,hkd->hqd", e.astype(v.dtype), v, preferred_element_type=jnp.float32) / total
+    o = jnp.einsum("bhqk,bhkd->bhqd", e.astype(v.dtype), v, preferred_element_type=jnp.float32) / total
     return o.astype(v.dtype), m + jnp.log(total)
 
 
-def _image_backward(q, k, v, o, lse, do):
-    """Gradients (dq, dk, dv) of one image from the saved output and log-sum-exp."""
+def _backward(q, k, v, o, lse, do):
+    """Gradients (dq, dk, dv) from the saved output and log-sum-exp."""
     scale = q.shape[-1] ** -0.5
     f32 = dict(preferred_element_type=jnp.float32)
     p = jnp.exp(_logits(q, k) - lse)
-    dv = jnp.einsum("hqk,hqd->hkd", p.astype(do.dtype), do, **f32)
-    dp = jnp.einsum("hqd,hkd->hqk", do, v, **f32)
+    dv = jnp.einsum("bhqk,bhqd->bhkd", p.astype(do.dtype), do, **f32)
+    dp = jnp.einsum("bhqd,bhkd->bhqk", do, v, **f32)
     delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
     ds = (p * (dp - delta)).astype(q.dtype)
-    dq = jnp.einsum("hqk,hkd->hqd", ds, k, **f32) * scale
-    dk = jnp.einsum("hqk,hqd->hkd", ds, q, **f32) * scale
+    dq = jnp.einsum("bhqk,bhkd->bhqd", ds, k, **f32) * scale
+    dk = jnp.einsum("bhqk,bhqd->bhkd", ds, q, **f32) * scale
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 @jax.custom_vjp
-def _per_image_attention(q, k, v):
-    return jax.lax.map(lambda x: _image_forward(*x), (q, k, v))[0]
+def _lse_attention(q, k, v):
+    return _forward(q, k, v)[0]
 
 
-def _per_image_fwd(q, k, v):
-    o, lse = jax.lax.map(lambda x: _image_forward(*x), (q, k, v))
+def _lse_attention_fwd(q, k, v):
+    o, lse = _forward(q, k, v)
     return o, (q, k, v, o, lse)
 
 
-def _per_image_bwd(residuals, do):
-    return jax.lax.map(lambda x: _image_backward(*x), (*residuals, do))
+def _lse_attention_bwd(residuals, do):
+    return _backward(*residuals, do)
 
 
-_per_image_attention.defvjp(_per_image_fwd, _per_image_bwd)
+_lse_attention.defvjp(_lse_attention_fwd, _lse_attention_bwd)
 
 
 # --- splash (TPU) --------------------------------------------------------------------------------------

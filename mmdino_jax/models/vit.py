@@ -146,10 +146,13 @@ class Attention(nnx.Module):
         qkv = self.qkv(x).reshape(b, t, 3, self.num_heads, d // self.num_heads)
         return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each (B, T, heads, head_dim)
 
-    def __call__(self, x):
+    def mix(self, x):
+        """The heads' outputs, concatenated (B, T, D): the attention before its output projection."""
         q, k, v = self._qkv(x)
-        out = dot_product_attention(q, k, v, self.implementation)
-        return self.proj(out.reshape(x.shape))
+        return dot_product_attention(q, k, v, self.implementation).reshape(x.shape)
+
+    def __call__(self, x):
+        return self.proj(self.mix(x))
 
     def weights(self, x):
         """Softmax attention probabilities (B, heads, T, T), float32."""
@@ -176,18 +179,38 @@ class SwiGLU(nnx.Module):
         return self.w3(jax.nn.silu(x1) * x2)
 
 
+def _kept_samples(key, rate: float, b: int) -> jax.Array:
+    """The samples whose branch DINOv2's batch-subset stochastic depth (rate > 0.1) keeps."""
+    return jax.random.permutation(key, b)[: max(int(b * (1.0 - rate)), 1)]
+
+
+def _sample_scale(key, rate: float, b: int) -> jax.Array:
+    """Per-sample factor (b,) on the residual branch under stochastic depth: the same draws as `_residual`."""
+    if rate > 0.1:
+        kept = _kept_samples(key, rate, b)
+        return jnp.zeros((b,), jnp.float32).at[kept].set(b / kept.shape[0])
+    return jax.random.bernoulli(key, 1.0 - rate, (b,)) / (1.0 - rate)
+
+
 def _residual(x, branch, rate: float, key):
     """`x + branch(x)` with DINOv2's stochastic depth (rate > 0.1: run the branch on a random batch subset)."""
     if key is None or rate == 0.0:
         return x + branch(x)
     b = x.shape[0]
     if rate > 0.1:
-        keep = max(int(b * (1.0 - rate)), 1)
-        idx = jax.random.permutation(key, b)[:keep]
-        return x.at[idx].add(branch(x[idx]) * jnp.asarray(b / keep, x.dtype))
-    keep_prob = 1.0 - rate
-    mask = jax.random.bernoulli(key, keep_prob, (b,) + (1,) * (x.ndim - 1))
-    return x + branch(x) * (mask / keep_prob).astype(x.dtype)
+        idx = _kept_samples(key, rate, b)
+        return x.at[idx].add(branch(x[idx]) * jnp.asarray(b / idx.shape[0], x.dtype))
+    scale = _sample_scale(key, rate, b).reshape((b,) + (1,) * (x.ndim - 1))
+    return x + branch(x) * scale.astype(x.dtype)
+
+
+def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
+    """Per-group gather: x (M, T, ...) and rows (groups, R) indexing each group's M / groups * T flattened
+    tokens -> (groups, R, ...). Groups follow the batch's split over devices, so the gather stays local."""
+    groups = rows.shape[0]
+    x = x.reshape(groups, -1, *x.shape[2:])
+    index = rows.reshape(*rows.shape, *([1] * (x.ndim - 2)))
+    return jnp.take_along_axis(x, index, axis=1)
 
 
 class Block(nnx.Module):
@@ -205,6 +228,34 @@ class Block(nnx.Module):
         k1, k2 = (None, None) if key is None else jax.random.split(key)
         x = _residual(x, lambda y: self.ls1(self.attn(self.norm1(y))), self.drop_path, k1)
         return _residual(x, lambda y: self.ls2(self.mlp(self.norm2(y))), self.drop_path, k2)
+
+    def at_rows(self, x, patch_rows, n_prefix: int, key=None):
+        """The block's output at every CLS token and at `patch_rows` only, (groups, B / groups + R, D).
+
+        x (B, T, D); `patch_rows` (groups, R) as `take_rows`, over the tokens after the `n_prefix` CLS and
+        register tokens. Keys and values still come from every token; the output projection, the MLP and
+        the residual adds run on the kept rows only. Equal to `take_rows` of `__call__`, with the same
+        stochastic-depth draws.
+        """
+        b, _, d = x.shape
+        groups = patch_rows.shape[0]
+        per_group = b // groups
+        n_patch = x.shape[1] - n_prefix
+
+        def pick(y):
+            return jnp.concatenate([y[:, 0].reshape(groups, per_group, d), take_rows(y[:, n_prefix:], patch_rows)], 1)
+
+        sample = jnp.concatenate([jnp.arange(b).reshape(groups, per_group),
+                                  jnp.arange(groups)[:, None] * per_group + patch_rows // n_patch], 1)
+
+        def scaled(branch, k):
+            if k is None or self.drop_path == 0.0:
+                return branch
+            return branch * _sample_scale(k, self.drop_path, b)[sample][..., None].astype(branch.dtype)
+
+        k1, k2 = (None, None) if key is None else jax.random.split(key)
+        y = pick(x) + scaled(self.ls1(self.attn.proj(pick(self.attn.mix(self.norm1(x))))), k1)
+        return y + scaled(self.ls2(self.mlp(self.norm2(y))), k2)
 
 
 def _run_block(block: Block, x, key):
@@ -277,8 +328,10 @@ class DinoViT(nnx.Module):
         parts.append(x.reshape(b, s * n, d))
         return jnp.concatenate(parts, axis=1).astype(cfg.compute_dtype)
 
-    def _blocks(self, x, rng, blocks):
-        keys = [None] * len(blocks) if rng is None else list(jax.random.split(rng, len(blocks)))
+    def _block_keys(self, rng) -> list:
+        return [None] * self.cfg.depth if rng is None else list(jax.random.split(rng, self.cfg.depth))
+
+    def _blocks(self, x, keys, blocks):
         run = _run_block_remat if self.cfg.remat else _run_block
         for blk, k in zip(blocks, keys):
             x = run(blk, x, k)
@@ -291,18 +344,29 @@ class DinoViT(nnx.Module):
         masks: jax.Array | None = None,
         rng: jax.Array | None = None,
         present: jax.Array | None = None,
+        patch_rows: jax.Array | None = None,
     ) -> dict[str, jax.Array]:
+        """With `patch_rows` (groups, R) (see `take_rows`), the output holds `cls` and only those patch tokens,
+        `patch` (groups, R, D), and the last block runs its projection and MLP on these rows alone: the
+        training step's losses read nothing else."""
         x = self._embed(images, sequences, masks, present)
-        x = self.norm(self._blocks(x, rng, self.blocks))
+        keys = self._block_keys(rng)
         r = self.cfg.num_registers
-        return {"cls": x[:, 0], "registers": x[:, 1 : 1 + r], "patch": x[:, 1 + r :]}
+        if patch_rows is None:
+            x = self.norm(self._blocks(x, keys, self.blocks))
+            return {"cls": x[:, 0], "registers": x[:, 1 : 1 + r], "patch": x[:, 1 + r :]}
+        x = self._blocks(x, keys[:-1], self.blocks[:-1])
+        y = self.norm(self.blocks[-1].at_rows(x, patch_rows, 1 + r, keys[-1]))
+        per_group = x.shape[0] // patch_rows.shape[0]
+        return {"cls": y[:, :per_group].reshape(x.shape[0], -1), "patch": y[:, per_group:]}
 
     def cls_attention(
         self, images: jax.Array, sequences: Sequence[int], masks: jax.Array | None = None,
         present: jax.Array | None = None,
     ) -> jax.Array:
         """Last block's attention from CLS to every patch token, (B, heads, S*N) (deterministic)."""
-        x = self._blocks(self._embed(images, sequences, masks, present), None, self.blocks[:-1])
+        x = self._blocks(self._embed(images, sequences, masks, present), self._block_keys(None),
+                         self.blocks[:-1])
         last = self.blocks[-1]
         attn = last.attn.weights(last.norm1(x))
         return attn[:, :, 0, 1 + self.cfg.num_registers :]

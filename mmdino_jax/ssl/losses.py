@@ -50,7 +50,7 @@ def ibot_loss(student_patch_logits, teacher_probs, weights, student_temp=0.1):
     """iBOT patch loss: the `ibot_token_weights`-weighted sum of the tokens' cross-entropies.
 
     student_patch_logits, teacher_probs: (...,K); weights (...) for the same tokens: all of them, or only
-    the gathered targets (`masking.take_rows`). With all tokens this is the mean over the M crops of the
+    the gathered targets (`models.vit.take_rows`). With all tokens this is the mean over the M crops of the
     per-crop mean cross-entropy over the masked tokens.
     """
     ce = -jnp.sum(teacher_probs * jax.nn.log_softmax(student_patch_logits / student_temp, axis=-1), axis=-1)

@@ -151,11 +151,3 @@ def target_rows(targets: jax.Array, groups: int, bound: int) -> tuple[jax.Array,
     flat = targets.reshape(groups, -1)
     rows = jax.vmap(lambda t: jnp.nonzero(t, size=bound, fill_value=0)[0])(flat)
     return rows, jnp.arange(bound) < jnp.sum(flat, axis=1, keepdims=True)
-
-
-def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
-    """The `target_rows` of per-token values x (M, T, ...) -> (groups, bound, ...)."""
-    groups = rows.shape[0]
-    x = x.reshape(groups, -1, *x.shape[2:])
-    index = rows.reshape(*rows.shape, *([1] * (x.ndim - 2)))
-    return jnp.take_along_axis(x, index, axis=1)

@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from mmdino_jax.models.vit import take_rows
 from mmdino_jax.ssl import losses, masking, signals
 from mmdino_jax.ssl import teacher as teacher_lib
 
@@ -75,16 +76,17 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
     key: the step folds its step number in, so masks and stochastic depth repeat on resume.
     """
 
-    def backbone(params, images, masks=None, rng=None, present=None):
-        return nnx.merge(backbone_def, params)(images, cfg.sequences, masks=masks, rng=rng, present=present)
+    def backbone(params, images, patch_rows, masks=None, rng=None, present=None):
+        return nnx.merge(backbone_def, params)(images, cfg.sequences, masks=masks, rng=rng, present=present,
+                                               patch_rows=patch_rows)
 
     def head(params, x):
         return nnx.merge(head_def, params)(x)
 
     def teacher_targets(teacher, globals_, present_g, temp, center, ibot_center, rows, valid):
-        out = backbone(teacher["backbone"], globals_, present=present_g)
+        out = backbone(teacher["backbone"], globals_, rows, present=present_g)  # patch tokens: the iBOT targets
         cls_logits = head(teacher["head"], out["cls"])
-        patch_logits = head(teacher["head"], masking.take_rows(out["patch"], rows))  # the iBOT targets only
+        patch_logits = head(teacher["head"], out["patch"])
         if cfg.centering == "centering":
             cls_probs = teacher_lib.softmax_center(cls_logits, center, temp)
             patch_probs = teacher_lib.softmax_center(patch_logits, ibot_center, temp)
@@ -103,11 +105,12 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
         globals_ = _flatten_crops(batch["global"])
         locals_ = _flatten_crops(batch["local"])
         present_l = jnp.repeat(batch["present"], n_l, axis=0)
-        out_g = backbone(student["backbone"], globals_, masks=masks, rng=k_g)
-        out_l = backbone(student["backbone"], locals_, rng=k_l, present=present_l)
+        out_g = backbone(student["backbone"], globals_, rows, masks=masks, rng=k_g)
+        cls_only = jnp.zeros((rows.shape[0], 0), rows.dtype)  # no loss reads a local crop's patch tokens
+        out_l = backbone(student["backbone"], locals_, cls_only, rng=k_l, present=present_l)
         s_global = _by_crop(head(student["head"], out_g["cls"]), n_g)
         s_local = _by_crop(head(student["head"], out_l["cls"]), n_l)
-        s_patch = head(student["head"], masking.take_rows(out_g["patch"], rows))
+        s_patch = head(student["head"], out_g["patch"])
         terms = {}
         terms["dino_local"], terms["dino_global"] = losses.dino_loss(
             s_global, s_local, _by_crop(cls_probs, n_g), cfg.student_temp)
@@ -135,13 +138,14 @@ def make_train_step(cfg: StepConfig, backbone_def: nnx.GraphDef, head_def: nnx.G
             mask_sample_prob=cfg.mask_sample_probability, ratio_min_max=cfg.mask_ratio_min_max)
         temp = _at(schedules["teacher_temp"], update)
         weights = {**cfg.weights, "koleo": cfg.weights["koleo"] * _at(schedules["koleo_scale"], update)}
-        # The heads see only the iBOT targets, gathered per device up to a static bound (as DINOv2).
+        # The heads see only the iBOT targets, gathered per device up to a static bound (as DINOv2); the
+        # backbones' last block computes only the tokens the losses read (`DinoViT` `patch_rows`).
         tokens = target_tokens.reshape(globals_.shape[0], -1)
         bound = masking.target_bound(tokens.shape[0], tokens.shape[0] // mesh.size, len(cfg.sequences),
                                      grid[0] * grid[1], cfg.modality_masked, cfg.mask_sample_probability,
                                      cfg.mask_ratio_min_max)
         rows, valid = masking.target_rows(tokens, mesh.size, bound)
-        token_weights = masking.take_rows(losses.ibot_token_weights(tokens), rows) * valid
+        token_weights = take_rows(losses.ibot_token_weights(tokens), rows) * valid
         cls_logits, patch_logits, cls_probs, patch_probs = teacher_targets(
             state["teacher"], globals_, present_g, temp, state["center"], state["ibot_center"], rows, valid)
         targets = jax.lax.stop_gradient((cls_probs, patch_probs))
