@@ -37,18 +37,24 @@ from mmdino_jax.ssl.learner import build_learner, random_batch
 from mmdino_jax.training.sharded import shard_learner
 
 
-def vit_flops(cfg, images: int, sequences: int, size: int, last_block_rows: int | None = None) -> float:
+def vit_flops(cfg, images: int, sequences: int, size: int, last_block_rows: int | None = None,
+              branch_share: float = 1.0) -> float:
     """Matmul FLOPs (2 per multiply-add) of one backbone forward over `images` multi-sequence images.
 
     `last_block_rows`: the rows (over all images) on which the last block runs its output projection and
-    FFN (`DinoViT` `patch_rows`); None: every token."""
+    FFN (`DinoViT` `patch_rows`; that block's attention branch sees every image); None: every token, every
+    block alike. `branch_share`: the share of images whose residual branches run (DINOv2's batch-subset
+    stochastic depth)."""
     d, p = cfg.embed_dim, cfg.patch_size
     n = sequences * (size // p) ** 2
     tokens = 1 + cfg.num_registers + n
     qkv, out = 2 * 3 * d * d, 2 * d * d + 2 * (3 if cfg.ffn == "swiglu" else 2) * d * cfg.hidden_dim
     per_block = tokens * (qkv + out) + 2 * 2 * tokens * tokens * d
-    dropped = 0 if last_block_rows is None else images * tokens - last_block_rows
-    return images * (cfg.depth * per_block + n * 2 * p * p * d) - dropped * out
+    embed = n * 2 * p * p * d
+    if last_block_rows is None:
+        return images * (cfg.depth * per_block * branch_share + embed)
+    dropped = images * tokens - last_block_rows
+    return images * ((cfg.depth - 1) * per_block * branch_share + per_block + embed) - dropped * out
 
 
 def head_flops(model_cfg, embed_dim: int, vectors: int) -> float:
@@ -61,7 +67,9 @@ def step_flops(config, rows_only: bool = True) -> float:
     """Analytic FLOPs of one step on one device: teacher forward + student forward and backward (2x
     forward); the heads run on the CLS tokens and on the iBOT targets gathered up to their bound. With
     `rows_only` the backbones' last block runs its projection and FFN only on the tokens the losses read
-    (the JAX step); without, on every token (the PyTorch reference step, as upstream DINOv2)."""
+    (the JAX step); without, on every token (the PyTorch reference step, as upstream DINOv2). The JAX student
+    runs its branches on a batch subset at drop_path_rate > 0.1, as upstream DINOv2; the reference's HF
+    modules multiply by a mask instead, so it computes every sample."""
     d, m, o = config.data, config.model, config.ssl
     cfg = vit_config(m)
     b, s = d.batch_size, len(d.sequences.split(","))
@@ -69,11 +77,16 @@ def step_flops(config, rows_only: bool = True) -> float:
     g_images, l_images = 2 * b, d.local_crops_number * b
     targets = masking.target_bound(g_images, g_images, s, n_g // s, o.modality_masked, o.mask_sample_probability,
                                    tuple(o.mask_ratio_min_max))
-    globals_ = vit_flops(cfg, g_images, s, d.global_crops_size, g_images + targets if rows_only else None)
-    locals_ = vit_flops(cfg, l_images, s, d.local_crops_size, l_images if rows_only else None)
+    def share(images):  # `_kept_samples` of models/vit.py
+        subset = rows_only and cfg.drop_path_rate > 0.1
+        return max(int(images * (1.0 - cfg.drop_path_rate)), 1) / images if subset else 1.0
+
+    g_rows, l_rows = (g_images + targets, l_images) if rows_only else (None, None)
     heads_g = head_flops(m, cfg.embed_dim, g_images + targets)
-    teacher = globals_ + heads_g
-    student = globals_ + locals_ + heads_g + head_flops(m, cfg.embed_dim, l_images)
+    teacher = vit_flops(cfg, g_images, s, d.global_crops_size, g_rows) + heads_g
+    student = (vit_flops(cfg, g_images, s, d.global_crops_size, g_rows, share(g_images))
+               + vit_flops(cfg, l_images, s, d.local_crops_size, l_rows, share(l_images))
+               + heads_g + head_flops(m, cfg.embed_dim, l_images))
     return teacher + 3 * student
 
 
