@@ -179,14 +179,17 @@ def test_bfloat16_compute_keeps_float32_parameters():
     np.testing.assert_allclose(out["cls"], fwd(ref, _images(), (0, 1, 2))["cls"], atol=0.1)
 
 
-def test_remat_gives_the_same_gradients():
+@pytest.mark.parametrize("with_rows", [False, True])
+def test_remat_gives_the_same_gradients(with_rows):
     x = _images(b=2, s=2)
+    rows = jnp.asarray([[0, 3, 5]], jnp.int32) if with_rows else None
 
     def grads(remat):
         model = DinoViT(ViTConfig(**{**TINY, "depth": 1}, remat=remat))
 
         def loss(m):
-            return jnp.sum(m(x, (0, 1))["cls"] ** 2)
+            out = m(x, (0, 1), patch_rows=rows)
+            return jnp.sum(out["cls"] ** 2) + jnp.sum(out["patch"] ** 2)
 
         return nnx.jit(nnx.grad(loss))(model)
 

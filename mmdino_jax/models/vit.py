@@ -265,6 +265,13 @@ def _run_block(block: Block, x, key):
 _run_block_remat = nnx.remat(_run_block)
 
 
+def _run_block_at_rows(block: Block, x, patch_rows, key, n_prefix: int):
+    return block.at_rows(x, patch_rows, n_prefix, key)
+
+
+_run_block_at_rows_remat = nnx.remat(_run_block_at_rows, static_argnums=(4,))
+
+
 class DinoViT(nnx.Module):
     """`model(images (B,S,H,W), sequences, masks=(B,S,N) bool|None, rng=key|None, present=(B,S) bool|None)`
     -> cls/registers/patch. `present` False masks every token of that sequence (absent in that sample)."""
@@ -356,7 +363,8 @@ class DinoViT(nnx.Module):
             x = self.norm(self._blocks(x, keys, self.blocks))
             return {"cls": x[:, 0], "registers": x[:, 1 : 1 + r], "patch": x[:, 1 + r :]}
         x = self._blocks(x, keys[:-1], self.blocks[:-1])
-        y = self.norm(self.blocks[-1].at_rows(x, patch_rows, 1 + r, keys[-1]))
+        last = _run_block_at_rows_remat if self.cfg.remat else _run_block_at_rows
+        y = self.norm(last(self.blocks[-1], x, patch_rows, keys[-1], 1 + r))
         per_group = x.shape[0] // patch_rows.shape[0]
         return {"cls": y[:, :per_group].reshape(x.shape[0], -1), "patch": y[:, per_group:]}
 
