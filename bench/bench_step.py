@@ -63,13 +63,13 @@ def head_flops(model_cfg, embed_dim: int, vectors: int) -> float:
     return vectors * sum(2 * a * c for a, c in zip(dims[:-1], dims[1:]))
 
 
-def step_flops(config, rows_only: bool = True) -> float:
+def step_flops(config, reference: bool = False) -> float:
     """Analytic FLOPs of one step on one device: teacher forward + student forward and backward (2x
-    forward); the heads run on the CLS tokens and on the iBOT targets gathered up to their bound. With
-    `rows_only` the backbones' last block runs its projection and FFN only on the tokens the losses read
-    (the JAX step); without, on every token (the PyTorch reference step, as upstream DINOv2). The JAX student
-    runs its branches on a batch subset at drop_path_rate > 0.1, as upstream DINOv2; the reference's HF
-    modules multiply by a mask instead, so it computes every sample."""
+    forward); the heads run on the CLS tokens and on the iBOT targets gathered up to their bound. In the JAX
+    step the backbones' last block runs its projection and FFN only on the tokens the losses read, and the
+    student runs its branches on a batch subset at drop_path_rate > 0.1, as upstream DINOv2. The PyTorch
+    reference step (`reference=True`) computes every token in every block and every sample (its HF modules
+    drop paths by a mask)."""
     d, m, o = config.data, config.model, config.ssl
     cfg = vit_config(m)
     b, s = d.batch_size, len(d.sequences.split(","))
@@ -77,11 +77,12 @@ def step_flops(config, rows_only: bool = True) -> float:
     g_images, l_images = 2 * b, d.local_crops_number * b
     targets = masking.target_bound(g_images, g_images, s, n_g // s, o.modality_masked, o.mask_sample_probability,
                                    tuple(o.mask_ratio_min_max))
+
     def share(images):  # `_kept_samples` of models/vit.py
-        subset = rows_only and cfg.drop_path_rate > 0.1
+        subset = not reference and cfg.drop_path_rate > 0.1
         return max(int(images * (1.0 - cfg.drop_path_rate)), 1) / images if subset else 1.0
 
-    g_rows, l_rows = (g_images + targets, l_images) if rows_only else (None, None)
+    g_rows, l_rows = (None, None) if reference else (g_images + targets, l_images)
     heads_g = head_flops(m, cfg.embed_dim, g_images + targets)
     teacher = vit_flops(cfg, g_images, s, d.global_crops_size, g_rows) + heads_g
     student = (vit_flops(cfg, g_images, s, d.global_crops_size, g_rows, share(g_images))
@@ -134,7 +135,7 @@ def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None
     if torch_step is not None:
         t = float(np.median(torch_times[:, 0]))
         result["torch"] = {"step_s": t, "samples_per_s": config.data.batch_size / t,
-                           "analytic_gflop": step_flops(config, rows_only=False) / 1e9,
+                           "analytic_gflop": step_flops(config, reference=True) / 1e9,
                            "ratio_spread": _spread(torch_times[:, 0] / jax_times[:, 0]),
                            "cpu_ratio": float(np.median(torch_times[:, 1]) / np.median(jax_times[:, 1]))}
     return result

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from mmdino_jax.models import DINOHead, DinoViT, ViTConfig
+from mmdino_jax.models.vit import take_rows
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, pos_grid=5, layerscale_init=1.0)
 
@@ -157,8 +158,6 @@ def test_drop_path_subset_keeps_the_other_samples_untouched():
 def test_patch_rows_give_the_full_outputs_at_those_rows(rate, registers, n_rows):
     # the last block on the CLS tokens and the gathered patch tokens only, per group of 4 images; same
     # stochastic-depth draws (mask mode at 0.05, batch-subset mode at 0.4); n_rows 0: CLS only
-    from mmdino_jax.models.vit import take_rows
-
     model = DinoViT(ViTConfig(**TINY, num_registers=registers, drop_path_rate=rate))
     x, key = _images(b=8, s=2), jax.random.key(5)
     rows = jnp.asarray(np.random.RandomState(1).choice(4 * 2 * 4, (2, n_rows), replace=False), jnp.int32)
