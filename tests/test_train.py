@@ -40,7 +40,9 @@ def test_train_cli_stops_on_sigterm_resumes_and_evaluates(tmp_path, smoke_cache)
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while not (tmp_path / "metrics.jsonl").is_file() or not (tmp_path / "metrics.jsonl").read_text():
-        assert proc.poll() is None and time.time() < deadline, "training ended before its first log"
+        if proc.poll() is not None:
+            pytest.fail(f"training ended (exit {proc.returncode}) before its first log:\n{proc.stderr.read()[-3000:]}")
+        assert time.time() < deadline, "no log within 10 minutes"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)  # preemption: save at the next step boundary and exit cleanly
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
