@@ -76,17 +76,21 @@ def crop_box(foreground: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], 
     mask), shifted to lie inside an image of ``shape``. The image centre stands in for an empty foreground."""
     height_img, width_img = shape
     side = rng.uniform(*scale)
-    height = int(np.clip(round(height_img * side), 1, height_img))
-    width = int(np.clip(round(width_img * side * rng.uniform(*ratio)), 1, width_img))
+    height = _clamp(round(height_img * side), 1, height_img)
+    width = _clamp(round(width_img * side * rng.uniform(*ratio)), 1, width_img)
     ys, xs = foreground
     if len(ys):
         k = rng.integers(len(ys))
-        cy, cx = ys[k], xs[k]
+        cy, cx = int(ys[k]), int(xs[k])
     else:
         cy, cx = height_img // 2, width_img // 2
-    top = int(np.clip(cy - height // 2, 0, height_img - height))
-    left = int(np.clip(cx - width // 2, 0, width_img - width))
+    top, left = _clamp(cy - height // 2, 0, height_img - height), _clamp(cx - width // 2, 0, width_img - width)
     return top, left, height, width
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    """``int(np.clip(value, low, high))`` for one Python int, without numpy's per-call overhead."""
+    return int(min(max(value, low), high))
 
 
 def blur(images: np.ndarray, sigma: float, radius: int) -> np.ndarray:

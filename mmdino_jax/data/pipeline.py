@@ -9,6 +9,7 @@ Evaluation uses the same normalisation as training, (x - 0.45) / 0.22 on non-zer
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import grain
@@ -122,13 +123,38 @@ def subsample_labels(labels: np.ndarray, keep_fraction: float, seed: int) -> np.
     return out
 
 
+class EpochShuffled:
+    """Random-access source: ``elements`` in a new permutation every epoch, repeated forever; item ``i`` is
+    element ``perm_e[i % n]`` of epoch ``e = i // n``. One numpy permutation per epoch: Grain's
+    ``MapDataset.shuffle`` costs ~16 ms / n per item (1.3 ms for a 12-subject labeled pool), more than the
+    multi-crop of a sample."""
+
+    def __init__(self, elements: list, seed: int):
+        self.elements, self.seed = list(elements), seed
+        self._last = (-1, None)  # (epoch, permutation), replaced as one tuple: Grain reads from several threads
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        last_epoch, perm = self._last
+        if last_epoch != epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.elements))
+            self._last = (epoch, perm)
+        return perm
+
+    def __getitem__(self, index: int):
+        epoch, position = divmod(index, len(self.elements))
+        return self.elements[self.permutation(epoch)[position]]
+
+
 def _stream(elements: list[tuple[int, int]], name: str, seed: int, process_index: int, process_count: int):
     """This process's shard of ``elements``, shuffled anew every epoch, repeated forever."""
     shard = elements[process_index::process_count]
     if not shard:
         raise ValueError(f"no {name} training subject for process {process_index} of {process_count} "
                          f"({len(elements)} in the cache); prepare more subjects or change labeled_fraction")
-    return grain.MapDataset.source(shard).shuffle(seed=seed).repeat()
+    return grain.MapDataset.source(EpochShuffled(shard, seed))
 
 
 def train_dataset(cache_dir: str | Path, *, sequences, batch_size: int, seed: int,
