@@ -3,7 +3,8 @@
     python bench/bench_pipeline.py [--subjects 12] [--batch-size 32] [--batches 8] [--naive-samples 24]
     python bench/bench_pipeline.py --workers 8 --target 1500     (also: 8 Grain worker processes vs 1500 samples/s)
     python bench/bench_pipeline.py --target-config configs/mmdino_vitb14.py --mfu 0.5 --peak-tflops 989
-        (the target is the rate that config's train step consumes at that MFU: analytic FLOPs, bench_step.py)
+        (without --target, the target is the rate that config's train step consumes at that MFU, from the
+        analytic FLOPs of bench_step.py; defaults: configs/mmdino_vits14.py, 50 %, 989 = H100/H200 bf16 dense)
 
 Both produce the same training sample (random axis and tumour slice, 96x96 crop, percentile scaling, 2 global +
 8 local crops of all 4 sequences). The naive loader reads and reorients the subject's 5 NIfTI files for every
@@ -26,8 +27,6 @@ from mmdino_jax.data.cohort import discover
 from mmdino_jax.data.phantom import generate_cohort
 from mmdino_jax.data.pipeline import train_dataset
 from mmdino_jax.data.prepare import crop_slice, prepare, read_subject
-
-TARGET = 900  # samples/s: default target (an estimate of ViT-S/14 on one H100; --target sets the measured rate)
 
 
 def step_rate(spec: str, mfu: float, peak_tflops: float) -> float:
@@ -70,15 +69,16 @@ def main():
     parser.add_argument("--naive-samples", type=int, default=24)
     parser.add_argument("--min-tumour-voxels", type=int, default=100)
     parser.add_argument("--workers", type=int, default=0, help="also time the pipeline with this many workers")
-    parser.add_argument("--target", type=float, default=TARGET, help="samples/s the workers must reach")
-    parser.add_argument("--target-config", default="", help="target = the rate this config's step consumes "
-                        "at --mfu of --peak-tflops (replaces --target)")
+    parser.add_argument("--target", type=float, default=None, help="samples/s the workers must reach (a measured "
+                        "step rate); default: from --target-config")
+    parser.add_argument("--target-config", default="configs/mmdino_vits14.py", help="without --target: the "
+                        "rate this config's step consumes at --mfu of --peak-tflops")
     parser.add_argument("--mfu", type=float, default=0.5)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="989: H100/H200 SXM bf16 dense")
     parser.add_argument("--out", default=str(Path(__file__).with_name("pipeline.md")))
     args = parser.parse_args()
     target_note = ""
-    if args.target_config:
+    if args.target is None:
         args.target = step_rate(args.target_config, args.mfu, args.peak_tflops)
         target_note = (f" (the step of `{args.target_config}` at {args.mfu:.0%} MFU of {args.peak_tflops:.0f} "
                        "TFLOP/s, analytic FLOPs)")
@@ -110,7 +110,7 @@ def main():
         f"--batches {args.batches} --naive-samples {args.naive_samples}"
         + (f" --workers {args.workers}" if args.workers else "")
         + (f" --target-config {args.target_config} --mfu {args.mfu} --peak-tflops {args.peak_tflops:.0f}`"
-           if args.target_config else f" --target {args.target:.0f}`"),
+           if target_note else f" --target {args.target:.0f}`"),
         f"Machine: {cores} CPU cores; the per-worker rates come from this one process.",
         f"Cohort: {args.subjects} `mmdino_jax.data.phantom` subjects (2 mm, ~99x117x95 voxels, 4 sequences + seg).",
         "",
