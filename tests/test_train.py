@@ -34,18 +34,26 @@ def test_class_weights_are_log_inverse_frequency():
     np.testing.assert_allclose(w, np.log(6 / np.array([2, 1, 3])), rtol=1e-6)
 
 
+def wait_until(ready, proc, what: str, log) -> None:
+    """Poll `ready()` while `proc` runs (10 minutes at most); fail with its exit status and the tail of `log`
+    (a path its stderr goes to) if it ends first."""
+    deadline = time.time() + 600
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"training ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-3000:]}")
+        assert time.time() < deadline, f"no {what} within 10 minutes"
+        time.sleep(0.2)
+
+
 def test_train_cli_stops_on_sigterm_resumes_and_evaluates(tmp_path, smoke_cache):
     validate = "--config.eval_every=3"  # a validation probe at step 3 and 6 marks the best checkpoint
-    proc = subprocess.Popen(train_cmd(tmp_path, smoke_cache, validate), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    while not (tmp_path / "metrics.jsonl").is_file() or not (tmp_path / "metrics.jsonl").read_text():
-        if proc.poll() is not None:
-            pytest.fail(f"training ended (exit {proc.returncode}) before its first log:\n{proc.stderr.read()[-3000:]}")
-        assert time.time() < deadline, "no log within 10 minutes"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)  # preemption: save at the next step boundary and exit cleanly
-    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    metrics, log = tmp_path / "metrics.jsonl", tmp_path.parent / f"{tmp_path.name}.stderr"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(train_cmd(tmp_path, smoke_cache, validate), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+        wait_until(lambda: metrics.is_file() and metrics.read_text(), proc, "its first log", log)
+        proc.send_signal(signal.SIGTERM)  # preemption: save at the next step boundary and exit cleanly
+        assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     stopped = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert 1 <= stopped < 6
     result = run(train_cmd(tmp_path, smoke_cache, validate))
@@ -83,13 +91,11 @@ def test_resume_after_kill_repeats_the_same_losses(tmp_path, smoke_cache, module
     with open(tmp_path / "reference.log", "w") as log:
         first = subprocess.Popen(cli_cmd(module, config, reference, smoke_cache, *args), cwd=ROOT,
                                  stdout=log, stderr=subprocess.STDOUT)
-        proc = subprocess.Popen(cli_cmd(module, config, resumed, smoke_cache, *args), cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 600
-        while not (resumed / "checkpoints" / "4").is_dir():
-            assert proc.poll() is None and time.time() < deadline, "training ended before checkpoint 4"
-            time.sleep(0.2)
-        proc.kill()  # SIGKILL
+        with open(tmp_path / "killed.log", "w") as killed_log:
+            proc = subprocess.Popen(cli_cmd(module, config, resumed, smoke_cache, *args), cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=killed_log)
+            wait_until((resumed / "checkpoints" / "4").is_dir, proc, "checkpoint 4", tmp_path / "killed.log")
+            proc.kill()  # SIGKILL
         proc.wait()
         assert first.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-3000:]
     result = run(cli_cmd(module, config, resumed, smoke_cache, *args))
