@@ -7,8 +7,10 @@
         analytic FLOPs of bench_step.py; defaults: configs/mmdino_vits14.py, 50 %, 989 = H100/H200 bf16 dense)
 
 Both produce the same training sample (random axis and tumour slice, 96x96 crop, percentile scaling, 2 global +
-8 local crops of all 4 sequences). The naive loader reads and reorients the subject's 5 NIfTI files for every
-sample; the pipeline reads one cached slice. Both run in this one process, so samples/s is the rate of one worker.
+8 local crops of all 4 sequences). The pipeline is also timed with `crops_on_device` (`data.augment_on =
+device`): it then sends the slice and each crop's operators, and the step makes the crops. The naive loader
+reads and reorients the subject's 5 NIfTI files for every sample; the pipeline reads one cached slice. Both
+run in this one process, so samples/s is the rate of one worker.
 Writes the figures to bench/pipeline.md.
 """
 
@@ -90,15 +92,18 @@ def main():
         prepare(cohort, "mmdino", cache, workers=cores)
         prepare_s = (time.perf_counter() - start) / args.subjects
         cache_mb = sum(f.stat().st_size for f in (cache / "train").glob("*.npy")) / 2**20 / args.subjects
-        it = iter(train_dataset(cache, sequences=SEQUENCES, batch_size=args.batch_size, seed=0, prefetch=0,
-                                min_tumour_voxels=args.min_tumour_voxels))
-        fast = rate(lambda: next(it), args.batch_size, args.batches)
-        if args.workers:
-            pool = iter(train_dataset(cache, sequences=SEQUENCES, batch_size=args.batch_size, seed=0,
-                                      num_workers=args.workers, min_tumour_voxels=args.min_tumour_voxels))
+        common = dict(sequences=SEQUENCES, batch_size=args.batch_size, seed=0,
+                      min_tumour_voxels=args.min_tumour_voxels)
+        fast, parallel = {}, {}
+        for where in ("host", "device"):
+            it = iter(train_dataset(cache, prefetch=0, crops_on_device=where == "device", **common))
+            fast[where] = rate(lambda it=it: next(it), args.batch_size, args.batches)
+        for where in ("host", "device") if args.workers else ():  # one pool at a time, closed before the next
+            pool = iter(train_dataset(cache, num_workers=args.workers, crops_on_device=where == "device", **common))
             for _ in range(2 * args.workers):  # start the workers and fill their buffers
                 next(pool)
-            parallel = rate(lambda: next(pool), args.batch_size, args.batches * args.workers)
+            parallel[where] = rate(lambda pool=pool: next(pool), args.batch_size, args.batches * args.workers)
+            pool.close()
         subjects, _ = discover(cohort, "mmdino")
         rng, cfg = np.random.default_rng(0), CropConfig()
         naive = rate(lambda: naive_sample(subjects[rng.integers(len(subjects))], rng, cfg, args.min_tumour_voxels),
@@ -117,18 +122,22 @@ def main():
         "| loader | samples/s per worker |",
         "|---|---|",
         f"| naive: NIfTI load + reorient + scale + crop + multi-crop per sample | {naive:.1f} |",
-        f"| cached Grain pipeline (`train_dataset`, 2x98 + 8x56 crops, 4 sequences) | {fast:.1f} |",
+        f"| cached Grain pipeline (`train_dataset`, 2x98 + 8x56 crops, 4 sequences) | {fast['host']:.1f} |",
+        f"| the same with the crops made in the step (`crops_on_device`: slices + crop operators) | "
+        f"{fast['device']:.1f} |",
         "",
-        f"Speed-up: {fast / naive:.1f}x.",
-        f"Workers to feed {args.target:.0f} samples/s{target_note}: {math.ceil(args.target / fast)} "
-        f"(`num_workers`, one core each; naive loader: {math.ceil(args.target / naive)}).",
+        f"Speed-up over the naive loader: {fast['host'] / naive:.1f}x (crops on the host).",
+        f"Workers to feed {args.target:.0f} samples/s{target_note} (`num_workers`, one core each): "
+        f"{math.ceil(args.target / fast['host'])} with the crops on the host, "
+        f"{math.ceil(args.target / fast['device'])} with the crops on the device "
+        f"(naive loader: {math.ceil(args.target / naive)}).",
         f"Prepare: {prepare_s:.2f} s per subject on {cores} workers; cache {cache_mb:.1f} MB per subject "
         "(all tumour-bearing slices of 3 axes, float16).",
     ]
-    if args.workers:
-        verdict = "keeps up" if parallel >= args.target else "does NOT keep up"
-        lines.append(f"{args.workers} Grain worker processes (`num_workers`): {parallel:.0f} samples/s against "
-                     f"the target {args.target:.0f} samples/s: {verdict}.")
+    for where, samples_per_s in parallel.items():
+        verdict = "keeps up" if samples_per_s >= args.target else "does NOT keep up"
+        lines.append(f"{args.workers} Grain worker processes (`num_workers`), crops on the {where}: "
+                     f"{samples_per_s:.0f} samples/s against the target {args.target:.0f} samples/s: {verdict}.")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

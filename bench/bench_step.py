@@ -98,14 +98,16 @@ def _timed(fn) -> tuple[float, float, int]:
     return time.perf_counter() - t0, time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
 
-def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None, pause: float = 0.0) -> dict:
+def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None, pause: float = 0.0,
+          crops_on_device: bool = False) -> dict:
     config = load_config(spec)
     if batch_size:
         config.data.batch_size = batch_size
     config.optim.freeze_backbone_steps = 0
     run = shard_learner(build_learner(config), sharding.make_mesh(1, jax.devices()[:1]))
     host_batch = random_batch(config)
-    state, batch, key = run.state, run.global_batch(host_batch), run.key(0)
+    state, key = run.state, run.key(0)
+    batch = run.global_batch(random_batch(config, crops_on_device=True) if crops_on_device else host_batch)
     t0 = time.perf_counter()
     compiled = run.step.lower(state, batch, key).compile()
     compile_s = time.perf_counter() - t0
@@ -189,6 +191,9 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=1.0,
                         help="seconds idle before each timed step, so that neither library's idle threads (which "
                              "spin a while after a parallel region) still hold a core when the other's step starts")
+    parser.add_argument("--crops-on-device", action="store_true",
+                        help="the JAX step makes its crops from slices and crop operators (data.augment_on = "
+                             "device; not in the analytic count); the PyTorch step still gets crops")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
     args = parser.parse_args()
     kept = host_memory.keep_freed_memory()  # for both steps: they share the process
@@ -218,7 +223,7 @@ def main() -> None:
     print(head + "\n" + rule)
     results = []
     for spec, size in zip(args.config, sizes):
-        r = bench(spec, size, args.steps, torch_opts, args.pause)
+        r = bench(spec, size, args.steps, torch_opts, args.pause, args.crops_on_device)
         results.append(r)
         line = (f"| {r['config']} | {r['batch']} | {r['compile_s']:.0f} | {r['step_s']:.3f} | "
                 f"{r['samples_per_s']:.1f} | {r['page_faults']} | {r['xla_gflop']:.1f} | {r['analytic_gflop']:.1f} | "

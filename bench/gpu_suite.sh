@@ -4,8 +4,9 @@
 #   1. the MM-DINOv2 train step at the paper's shapes (batch 64, 4 sequences, 2x98 + 8x56 crops), ViT-S/14
 #      and ViT-B/14, JAX in bf16 (model.dtype auto, cuDNN flash attention) against the PyTorch reference
 #      step in bf16 autocast with torch.compile, interleaved; samples/s and MFU against the bf16 dense peak;
+#      the JAX step makes its crops on the GPU, as training there does (data.augment_on auto), PyTorch gets crops;
 #   2. attention alone, JAX cuDNN / XLA against PyTorch SDPA, at the step's shapes;
-#   3. the input pipeline with 8 workers against the fastest measured step rate.
+#   3. the input pipeline with 8 workers, crops on the host and on the device, against the fastest step rate.
 # Tables go to $OUT (default bench/gpu_out). Before, where pip works: bash bench/gpu_wheels.sh, then carry
 # `.whl` along (grain, ml-collections and nibabel are installed from it offline if missing).
 #   OUT=/some/dir bash bench/gpu_suite.sh          PEAK_TFLOPS=989 (H100/H200 SXM bf16 dense)
@@ -29,7 +30,7 @@ fi
 cat "$out/machine.txt"
 
 timeout 480 python3 bench/bench_step.py --config configs/mmdino_vits14.py --config configs/mmdino_vitb14.py \
-  --steps 10 --pause 0 --torch --torch-device cuda --torch-dtype bfloat16 --torch-compile --peak-tflops "$peak" \
+  --steps 10 --pause 0 --crops-on-device --torch --torch-device cuda --torch-dtype bfloat16 --torch-compile --peak-tflops "$peak" \
   --json "$out/step.json" 2>&1 | tee "$out/step.md"
 
 timeout 90 python3 bench/bench_attention.py --dtype bfloat16 --wall --shape 128,197,6,64 --shape 512,65,6,64 \
@@ -37,6 +38,6 @@ timeout 90 python3 bench/bench_attention.py --dtype bfloat16 --wall --shape 128,
 
 rate=$(python3 -c "import json; print(max(r['samples_per_s'] for r in json.load(open('$out/step.json'))))" \
   2>/dev/null || echo 900)
-timeout 150 python3 bench/bench_pipeline.py --subjects 12 --batch-size 64 --batches 16 --naive-samples 8 \
+timeout 200 python3 bench/bench_pipeline.py --subjects 12 --batch-size 64 --batches 16 --naive-samples 8 \
   --workers "$(( $(nproc) < 8 ? $(nproc) : 8 ))" --target "$rate" --out "$out/pipeline.md" 2>&1 | tail -n 20
 ls -l "$out"

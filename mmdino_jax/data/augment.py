@@ -20,6 +20,7 @@ from scipy import ndimage
 from threadpoolctl import ThreadpoolController
 
 MEAN, STD = 0.45, 0.22
+TINY = float(np.finfo(np.float32).tiny)
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,10 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def normalise(images: np.ndarray, mean: float = MEAN, std: float = STD) -> np.ndarray:
-    """(x - mean) / std on non-zero pixels; zero background stays zero."""
-    return np.where(images != 0, (images - mean) / std, 0.0).astype(np.float32)
+    """(x - mean) / std on non-zero pixels; zero background stays zero. Pixels below float32's smallest normal
+    number (the far tails of a blur, ~0.03 % of pixels) count as zero, as on an accelerator that flushes
+    denormals to zero (`device_crops.py`)."""
+    return np.where(np.abs(images) >= TINY, (images - mean) / std, 0.0).astype(np.float32)
 
 
 def crop_box(foreground: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], scale: tuple[float, float],
@@ -93,10 +96,15 @@ def _clamp(value: int, low: int, high: int) -> int:
     return int(min(max(value, low), high))
 
 
+def blur_kernel(n: int, sigma: float, radius: int) -> np.ndarray:
+    """(n, n) matrix of scipy's 1-D Gaussian filter (mirror border, kernel radius ``radius``) along one axis."""
+    eye = np.eye(n, dtype=np.float32)
+    return ndimage.gaussian_filter1d(eye, sigma, axis=0, mode="mirror", truncate=radius / sigma)
+
+
 def blur(images: np.ndarray, sigma: float, radius: int) -> np.ndarray:
-    """Gaussian blur of square (..., N, N) images: scipy's kernel (mirror border) applied as an N x N matrix."""
-    eye = np.eye(images.shape[-1], dtype=np.float32)
-    kernel = ndimage.gaussian_filter1d(eye, sigma, axis=0, mode="mirror", truncate=radius / sigma)
+    """Gaussian blur of square (..., N, N) images: ``blur_kernel`` applied along both axes."""
+    kernel = blur_kernel(images.shape[-1], sigma, radius)
     return kernel @ images @ kernel.T
 
 
@@ -106,31 +114,79 @@ def adjust_gamma(images: np.ndarray, gamma: float) -> np.ndarray:
     return ((images - low) / (span + 1e-7)) ** gamma * span + low
 
 
-def view(image: np.ndarray, foreground: tuple[np.ndarray, np.ndarray], present: np.ndarray, size: int,
-         scale: tuple[float, float], blur_p: float, gamma: bool, cfg: CropConfig,
-         rng: np.random.Generator) -> np.ndarray:
-    """One augmented crop (S, size, size) of ``image`` (S, H, W)."""
-    top, left, height, width = crop_box(foreground, image.shape[-2:], scale, cfg.ratio, rng)
+@dataclass(frozen=True)
+class ViewDraw:
+    """The random choices of one crop: its box, horizontal flip, blur sigma and gamma (None: not applied)."""
+
+    box: tuple[int, int, int, int]
+    flip: bool
+    sigma: float | None
+    gamma: float | None
+
+
+def draw_view(foreground: tuple[np.ndarray, np.ndarray], shape: tuple[int, int], scale: tuple[float, float],
+              blur_p: float, gamma: bool, cfg: CropConfig, rng: np.random.Generator) -> ViewDraw:
+    """One crop's random choices, drawn from ``rng`` in a fixed order (box, flip, blur, sigma, gamma)."""
+    box = crop_box(foreground, shape, scale, cfg.ratio, rng)
+    flip = rng.random() < cfg.flip_p
+    sigma = rng.uniform(*cfg.blur_sigma) if rng.random() < blur_p else None
+    return ViewDraw(box, flip, sigma, rng.uniform(*cfg.gamma) if gamma else None)
+
+
+def view(image: np.ndarray, present: np.ndarray, size: int, draw: ViewDraw, cfg: CropConfig) -> np.ndarray:
+    """The augmented crop (S, size, size) of ``image`` (S, H, W) that ``draw`` describes."""
+    top, left, height, width = draw.box
     x = np.clip(resize(image[:, top:top + height, left:left + width], size), 0.0, 1.0)
-    if rng.random() < cfg.flip_p:
+    if draw.flip:
         x = x[..., ::-1]
-    if rng.random() < blur_p:
-        x = blur(x, rng.uniform(*cfg.blur_sigma), cfg.blur_radius)
-    if gamma:
-        x = adjust_gamma(x, rng.uniform(*cfg.gamma))
+    if draw.sigma is not None:
+        x = blur(x, draw.sigma, cfg.blur_radius)
+    if draw.gamma is not None:
+        x = adjust_gamma(x, draw.gamma)
     return normalise(x, cfg.mean, cfg.std) * present[:, None, None]
+
+
+def _draws(mask: np.ndarray, cfg: CropConfig, rng: np.random.Generator) -> tuple[list, list]:
+    """The random choices of every global and local crop of one slice, in the order ``multi_crop`` uses."""
+    foreground = np.nonzero(mask)
+    globals_ = [draw_view(foreground, mask.shape, cfg.global_scale, cfg.global_blur_p[min(i, 1)], i > 0, cfg, rng)
+                for i in range(cfg.global_crops)]
+    locals_ = [draw_view(foreground, mask.shape, cfg.local_scale, cfg.local_blur_p, False, cfg, rng)
+               for _ in range(cfg.local_crops)]
+    return globals_, locals_
 
 
 def multi_crop(image: np.ndarray, mask: np.ndarray, present: np.ndarray, cfg: CropConfig,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(global crops (G, S, gs, gs), local crops (L, S, ls, ls)) float32 of one slice ``image`` (S, H, W)."""
     single_threaded_blas()
-    foreground = np.nonzero(mask)
-    globals_ = [view(image, foreground, present, cfg.global_size, cfg.global_scale,
-                     cfg.global_blur_p[min(i, 1)], i > 0, cfg, rng) for i in range(cfg.global_crops)]
-    locals_ = [view(image, foreground, present, cfg.local_size, cfg.local_scale, cfg.local_blur_p, False,
-                    cfg, rng) for _ in range(cfg.local_crops)]
-    return np.stack(globals_), np.stack(locals_)
+    globals_, locals_ = _draws(mask, cfg, rng)
+    return (np.stack([view(image, present, cfg.global_size, d, cfg) for d in globals_]),
+            np.stack([view(image, present, cfg.local_size, d, cfg) for d in locals_]))
+
+
+def multi_crop_operators(mask: np.ndarray, cfg: CropConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The crops ``multi_crop`` would draw from the same ``rng``, as the linear maps `data/device_crops.py`
+    applies on the accelerator, per crop family (``global_*``, ``local_*``; n crops of side ``size``):
+    ``rows`` (n, size, H) and ``cols`` (n, size, W) crop and resize (a flip reverses ``cols``), ``blur``
+    (n, size, size) (the identity when not blurred), ``gamma`` (n,) (0: none). Nothing touches the image."""
+    if (cfg.mean, cfg.std) != (MEAN, STD):
+        raise ValueError(f"crops on the device normalise with ({MEAN}, {STD}), not ({cfg.mean}, {cfg.std}); "
+                         "set data.augment_on=host to change the normalisation")
+    out = {}
+    for family, size, draws in zip(("global", "local"), (cfg.global_size, cfg.local_size), _draws(mask, cfg, rng)):
+        rows = np.zeros((len(draws), size, mask.shape[0]), np.float32)
+        cols = np.zeros((len(draws), size, mask.shape[1]), np.float32)
+        blurs = np.broadcast_to(np.eye(size, dtype=np.float32), (len(draws), size, size)).copy()
+        for c, d in enumerate(draws):
+            top, left, height, width = d.box
+            rows[c, :, top:top + height] = resize_matrix(height, size)
+            cols[c, :, left:left + width] = resize_matrix(width, size)[::-1] if d.flip else resize_matrix(width, size)
+            if d.sigma is not None:
+                blurs[c] = blur_kernel(size, d.sigma, cfg.blur_radius)
+        gamma = np.array([0.0 if d.gamma is None else d.gamma for d in draws], np.float32)
+        out.update({f"{family}_rows": rows, f"{family}_cols": cols, f"{family}_blur": blurs, f"{family}_gamma": gamma})
+    return out
 
 
 def choose_slice(axis: np.ndarray, counts: np.ndarray, rng: np.random.Generator, min_voxels: int) -> int:

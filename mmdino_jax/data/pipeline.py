@@ -2,6 +2,9 @@
 
 Training batch (numpy): ``global`` (G*B, S, 98, 98) and ``local`` (L*B, S, 56, 56) float32 crop-major (rows
 k*B .. k*B+B-1 hold crop k of every sample), ``present`` (B, S) bool, ``label`` (B,) int32 (-1 = unlabeled).
+With ``crops_on_device``, ``image`` (B, S, 96, 96) float16 and the crops' operators (B, n, ...), sample-major
+(``augment.multi_crop_operators``), replace ``global`` and ``local``: the step makes the crops
+(``device_crops.expand_crops``).
 Evaluation uses the same normalisation as training, (x - 0.45) / 0.22 on non-zero pixels; the reference's
 0.225 at evaluation time is a train/eval mismatch we do not copy.
 """
@@ -17,7 +20,7 @@ import numpy as np
 from absl import flags
 
 from mmdino_jax.constants import sequence_indices
-from mmdino_jax.data.augment import CropConfig, choose_slice, eval_view, multi_crop
+from mmdino_jax.data.augment import CropConfig, choose_slice, eval_view, multi_crop, multi_crop_operators
 from mmdino_jax.data.prepare import CACHE_VERSION
 
 AXIAL = 2  # after nib.as_closest_canonical (RAS), axis 2 runs inferior -> superior
@@ -54,17 +57,17 @@ class CachedSplit:
     def rows(self, subject: int) -> slice:
         return slice(self.offsets[subject], self.offsets[subject + 1])
 
-    def slice(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """(images (4, 96, 96) float32, tumour mask (96, 96) bool) of one cached slice."""
-        images, labels = self.labeled_slice(row)
+    def slice(self, row: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """(images (4, 96, 96) ``dtype``, tumour mask (96, 96) bool) of one cached slice (stored as float16)."""
+        images, labels = self.labeled_slice(row, dtype)
         return images, labels > 0
 
-    def labeled_slice(self, row: int) -> tuple[np.ndarray, np.ndarray]:
-        """(images (4, 96, 96) float32, labels (96, 96) uint8 0/1/2/4) of one cached slice."""
+    def labeled_slice(self, row: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """(images (4, 96, 96) ``dtype``, labels (96, 96) uint8 0/1/2/4) of one cached slice."""
         if self._arrays is None:
             self._arrays = tuple(np.load(self.dir / f"{name}.npy", mmap_mode="r") for name in ("images", "seg"))
         images, seg = self._arrays
-        return images[row].astype(np.float32), np.asarray(seg[row])
+        return images[row].astype(dtype), np.asarray(seg[row])
 
     def largest_axial(self, subject: int) -> int:
         """Row of the subject's axial slice with the most tumour voxels."""
@@ -74,38 +77,48 @@ class CachedSplit:
 
 
 class TrainSample:
-    """Grain random map: (subject, label) -> one multi-crop sample."""
+    """Grain random map: (subject, label) -> one multi-crop sample (or, ``on_device``, its slice and the crops'
+    operators: the same random draws)."""
 
-    def __init__(self, data: CachedSplit, sequences: np.ndarray, cfg: CropConfig, min_voxels: int):
+    def __init__(self, data: CachedSplit, sequences: np.ndarray, cfg: CropConfig, min_voxels: int,
+                 on_device: bool = False):
         self.data, self.sequences, self.cfg, self.min_voxels = data, sequences, cfg, min_voxels
+        self.on_device = on_device
 
     def __call__(self, element: tuple[int, int], rng: np.random.Generator) -> dict:
         subject, label = element
         rows = self.data.rows(subject)
         row = rows.start + choose_slice(self.data.axis[rows], self.data.counts[rows], rng, self.min_voxels)
-        image, mask = self.data.slice(row)
+        image, mask = self.data.slice(row, np.float16 if self.on_device else np.float32)
         present = self.data.present[subject, self.sequences]
+        sample = {"present": present, "label": np.int32(label)}
+        if self.on_device:
+            return {"image": image[self.sequences], **multi_crop_operators(mask, self.cfg, rng), **sample}
         global_crops, local_crops = multi_crop(image[self.sequences], mask, present, self.cfg, rng)
-        return {"global": global_crops, "local": local_crops, "present": present, "label": np.int32(label)}
+        return {"global": global_crops, "local": local_crops, **sample}
+
+
+CROP_MAJOR = ("global", "local")
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack samples into a crop-major batch."""
+    """Stack samples into a batch: the crops crop-major, everything else sample-major."""
 
     def crop_major(key):
         crops = np.stack([s[key] for s in samples], axis=1)  # (crops, B, S, H, W)
         return crops.reshape(-1, *crops.shape[2:])
 
-    return {"global": crop_major("global"), "local": crop_major("local"),
-            "present": np.stack([s["present"] for s in samples]),
-            "label": np.array([s["label"] for s in samples], np.int32)}
+    return {key: crop_major(key) if key in CROP_MAJOR else np.stack([s[key] for s in samples])
+            for key in samples[0]}
 
 
 def host_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Crop-major batch arrays (n*B, ...) -> sample-major (B, n, ...), so samples lead (the step's layout)."""
     b = batch["label"].shape[0]
     out = dict(batch)
-    for name in ("global", "local"):
+    for name in CROP_MAJOR:
+        if name not in batch:
+            continue
         x = batch[name]
         out[name] = np.swapaxes(x.reshape(x.shape[0] // b, b, *x.shape[1:]), 0, 1)
     return out
@@ -161,7 +174,7 @@ def train_dataset(cache_dir: str | Path, *, sequences, batch_size: int, seed: in
                   labeled_fraction: float | None = None, label_keep_fraction: float = 1.0,
                   process_index: int = 0, process_count: int = 1, num_workers: int = 0,
                   prefetch: int = 2, split: str = "train", min_tumour_voxels: int = 500,
-                  **crop_cfg) -> grain.IterDataset:
+                  crops_on_device: bool = False, **crop_cfg) -> grain.IterDataset:
     """Infinite, deterministic Grain dataset of training batches for this process.
 
     ``labeled_fraction``: share of labeled samples in every batch (None = the cache's natural mix).
@@ -169,6 +182,7 @@ def train_dataset(cache_dir: str | Path, *, sequences, batch_size: int, seed: in
     Each process draws ``batch_size // process_count`` samples per batch from its own shard of subjects.
     ``num_workers`` > 0 builds batches in that many worker processes; ``prefetch`` batches are read ahead by as
     many threads in each (0 = synchronous).
+    ``crops_on_device``: batches of slices and crop operators, for `device_crops` in the step (see above).
     ``crop_cfg`` overrides :class:`CropConfig` fields. Subjects with none of ``sequences`` are left out.
     """
     cfg = CropConfig(**crop_cfg)
@@ -191,7 +205,7 @@ def train_dataset(cache_dir: str | Path, *, sequences, batch_size: int, seed: in
     weights = [weight for _, _, weight in pools if weight > 0]
     ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
     sample_seed = int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
-    ds = ds.random_map(TrainSample(data, seq, cfg, min_tumour_voxels), seed=sample_seed)
+    ds = ds.random_map(TrainSample(data, seq, cfg, min_tumour_voxels, crops_on_device), seed=sample_seed)
     ds = ds.batch(batch_size // process_count, drop_remainder=True, batch_fn=collate)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
     if num_workers > 0:

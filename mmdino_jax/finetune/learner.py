@@ -12,6 +12,7 @@ from flax import nnx
 
 from mmdino_jax import optim
 from mmdino_jax.constants import sequence_indices
+from mmdino_jax.data import device_crops
 from mmdino_jax.data.pipeline import host_batch
 from mmdino_jax.finetune.model import FinetuneModel
 from mmdino_jax.finetune.step import StepConfig, init_state, make_train_step
@@ -22,9 +23,10 @@ BATCH_KEYS = ("global", "present", "label")
 
 
 def labeled_crops(batch: dict) -> dict:
-    """The step's batch: the sample-major global crops, presence and labels (local crops are not used)."""
+    """The step's batch: the sample-major global crops (or the slices and their operators), presence and
+    labels; local crops are not used."""
     out = host_batch(batch)
-    return {k: out[k] for k in BATCH_KEYS}
+    return {k: out[k] for k in (*BATCH_KEYS, "image", *device_crops.operator_keys("global")) if k in out}
 
 
 def progress(values: dict) -> dict[str, str]:

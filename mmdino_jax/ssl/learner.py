@@ -8,10 +8,13 @@ from flax import nnx
 
 from mmdino_jax import optim
 from mmdino_jax.constants import sequence_indices
+from mmdino_jax.data.augment import CropConfig, multi_crop_operators
 from mmdino_jax.data.pipeline import CachedSplit
+from mmdino_jax.data.prepare import CROP
 from mmdino_jax.models.build import build_models
 from mmdino_jax.ssl import signals
 from mmdino_jax.ssl import step as step_lib
+from mmdino_jax.training.data import crop_settings
 from mmdino_jax.training.learner import Learner
 
 
@@ -70,17 +73,25 @@ def learner_for_cache(config, cache) -> Learner:
     return build_learner(config, CachedSplit(cache, "train").labels)
 
 
-def random_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
-    """A deterministic random batch in the step's sample-major layout (tests, benchmarks)."""
+def random_batch(config, seed: int = 0, crops_on_device: bool = False) -> dict[str, np.ndarray]:
+    """A deterministic random batch in the step's sample-major layout (tests, benchmarks). `crops_on_device`:
+    random slices and the operators of crops drawn around a central tumour (`data.augment_on = device`)."""
     rng = np.random.default_rng(seed)
     d = config.data
     b, s = d.batch_size, len(d.sequences.split(","))
     present = rng.random((b, s)) > 0.2
     present[:, 0] = True
+    sample = {"present": present, "label": rng.integers(-1, 3, size=b).astype(np.int32)}
+    if crops_on_device:
+        cfg = CropConfig(**crop_settings(d))
+        mask = np.zeros((CROP, CROP), bool)
+        mask[CROP // 3: 2 * CROP // 3, CROP // 3: 2 * CROP // 3] = True
+        ops = [multi_crop_operators(mask, cfg, rng) for _ in range(b)]
+        return {"image": rng.uniform(size=(b, s, CROP, CROP)).astype(np.float16),
+                **{k: np.stack([o[k] for o in ops]) for k in ops[0]}, **sample}
     return {
         "global": rng.normal(size=(b, 2, s, d.global_crops_size, d.global_crops_size)).astype(np.float32),
         "local": rng.normal(size=(b, d.local_crops_number, s, d.local_crops_size, d.local_crops_size)
                             ).astype(np.float32),
-        "present": present,
-        "label": rng.integers(-1, 3, size=b).astype(np.int32),
+        **sample,
     }

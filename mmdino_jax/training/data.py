@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.experimental.multihost_utils
 
-from mmdino_jax.data import pipeline
+from mmdino_jax.data import device_crops, pipeline
 from mmdino_jax.data.setup import ensure_cache
 
 
@@ -15,6 +15,13 @@ def prepared_cache(config, workdir: str):
         ensure_cache(config.data, workdir, config.seed)
     jax.experimental.multihost_utils.sync_global_devices("cache ready")
     return ensure_cache(config.data, workdir, config.seed)
+
+
+def crop_settings(data_cfg) -> dict:
+    """`augment.CropConfig` fields from `config.data`."""
+    d = data_cfg
+    return dict(global_size=d.global_crops_size, global_scale=tuple(d.global_crops_scale),
+                local_crops=d.local_crops_number, local_size=d.local_crops_size, local_scale=tuple(d.local_crops_scale))
 
 
 def train_dataset(config, cache, process_index: int | None = None, process_count: int | None = None):
@@ -27,6 +34,4 @@ def train_dataset(config, cache, process_index: int | None = None, process_count
         process_index=jax.process_index() if process_index is None else process_index,
         process_count=jax.process_count() if process_count is None else process_count,
         num_workers=d.workers, min_tumour_voxels=d.min_tumour_voxels,
-        global_size=d.global_crops_size, global_scale=tuple(d.global_crops_scale),
-        local_crops=d.local_crops_number, local_size=d.local_crops_size,
-        local_scale=tuple(d.local_crops_scale))
+        crops_on_device=device_crops.on_device(d.augment_on), **crop_settings(d))

@@ -10,6 +10,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from mmdino_jax import sharding
+from mmdino_jax.data.device_crops import expand_crops
 from mmdino_jax.training.learner import Learner
 
 
@@ -38,6 +39,7 @@ def shard_learner(learner: Learner, mesh: Mesh, *, abstract: bool = False, donat
     the mesh (or only described, `abstract=True`), and the step jitted with those shardings.
 
     `donate=True` lets the step update the state in place (the caller must not reuse the state it passed).
+    A batch of slices and crop operators (`data.augment_on = device`) has its crops made first, in the step.
     """
     abstract_state = jax.eval_shape(learner.init, learner.params)
     state_sh = sharding.state_shardings(abstract_state, mesh)
@@ -46,6 +48,8 @@ def shard_learner(learner: Learner, mesh: Mesh, *, abstract: bool = False, donat
         state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sh)
     else:
         state = jax.jit(learner.init, out_shardings=state_sh)(learner.params)
-    step = jax.jit(learner.make_step(mesh), in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+    inner = learner.make_step(mesh)
+    step = jax.jit(lambda state, batch, key: inner(state, expand_crops(batch), key),
+                   in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
                    donate_argnums=0 if donate else ())
     return ShardedLearner(learner, mesh, state, step, state_sh, batch_sh, repl)
