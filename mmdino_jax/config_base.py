@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.label_keep_fraction = 1.0 # keep this stratified share of the labels (low-label runs)
     c.data.workers = 0
     c.data.augment_on = "auto"       # where the multi-crop runs: host (Grain workers) | device (in the step,
-                                     # data/device_crops.py) | auto (device on GPU/TPU, host on CPU)
+                                     # training/device_crops.py) | auto (device on GPU/TPU, host on CPU)
     c.data.min_tumour_voxels = 500
     c.data.spacing = 1.0             # mm per pixel of the cached 96 px crops (the paper's 1 mm SRI space)
     c.data.global_crops_size = 98

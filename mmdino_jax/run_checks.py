@@ -10,6 +10,7 @@ from mmdino_jax.cli_errors import ConfigError, WorkdirError
 from mmdino_jax.constants import sequence_indices
 from mmdino_jax.models.vit import _PRESETS
 
+AUGMENT_ON = ("auto", "device", "host")  # `training/device_crops.on_device`
 POSITIVE_FIELDS = ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "data.batch_size",
                    "optim.grad_accum_steps", "eval.batch_size")
 
@@ -42,7 +43,7 @@ def check_workdir(workdir) -> str:
 
 def check_train_config(config, device_count: int) -> None:
     """ConfigError for values no run can use: non-positive counts, a batch the devices cannot split, an
-    unknown architecture or sequence, a data root or labels file that does not exist."""
+    unknown architecture, sequence or augmentation place, a data root or labels file that does not exist."""
     if config is None:
         raise ConfigError("--config is required, e.g. --config configs/demo.py")
     for name in POSITIVE_FIELDS:
@@ -56,6 +57,9 @@ def check_train_config(config, device_count: int) -> None:
     arch = _get(config, "model.arch")
     if arch is not None and arch not in _PRESETS:
         raise ConfigError(f"config.model.arch = {arch!r} is unknown; choose from {', '.join(_PRESETS)}")
+    augment_on = _get(config, "data.augment_on")
+    if augment_on is not None and augment_on not in AUGMENT_ON:
+        raise ConfigError(f"config.data.augment_on = {augment_on!r} is unknown; choose from {', '.join(AUGMENT_ON)}")
     sequences = _get(config, "data.sequences")
     if sequences is not None:
         try:

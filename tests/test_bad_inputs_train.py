@@ -50,6 +50,8 @@ TRAIN_CASES = {
     "missing labels csv": (["--config.data.labels_csv=/no/such.csv"], ["config.data.labels_csv", "no such file"]),
     "unknown sequence": (["--config.data.sequences=t1,dwi"], ["unknown MRI sequence", "dwi"]),
     "unknown architecture": (["--config.model.arch=vitx14"], ["config.model.arch = 'vitx14' is unknown", "vitb14"]),
+    "unknown augmentation place": (["--config.data.augment_on=gpu"],
+                                   ["config.data.augment_on = 'gpu' is unknown", "auto, device, host"]),
 }
 
 

@@ -7,12 +7,12 @@ import pytest
 from test_pipeline import cache  # noqa: F401  (the module-scoped prepared cache)
 
 from mmdino_jax.config_base import load_config
-from mmdino_jax.data import device_crops
 from mmdino_jax.data.augment import CropConfig, multi_crop, multi_crop_operators
 from mmdino_jax.data.pipeline import CachedSplit, host_batch, train_dataset
 from mmdino_jax.finetune.learner import labeled_crops
 from mmdino_jax.sharding import make_mesh
 from mmdino_jax.ssl.learner import build_learner
+from mmdino_jax.training import device_crops
 from mmdino_jax.training.sharded import shard_learner
 
 SEQUENCES = ("t2", "flair", "t1", "t1c")
@@ -86,7 +86,7 @@ def test_augment_on_resolves_per_backend_and_rejects_other_values():
     assert device_crops.on_device("auto", "cpu") is False
     assert device_crops.on_device("auto", "gpu") is True and device_crops.on_device("auto", "tpu") is True
     assert device_crops.on_device("host", "gpu") is False and device_crops.on_device("device", "cpu") is True
-    with pytest.raises(ValueError, match="data.augment_on must be auto, device or host, not 'gpu'"):
+    with pytest.raises(ValueError, match="data.augment_on must be one of auto, device, host, not 'gpu'"):
         device_crops.on_device("gpu")
 
 

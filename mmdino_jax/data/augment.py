@@ -69,7 +69,7 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
 def normalise(images: np.ndarray, mean: float = MEAN, std: float = STD) -> np.ndarray:
     """(x - mean) / std on non-zero pixels; zero background stays zero. Pixels below float32's smallest normal
     number (the far tails of a blur, ~0.03 % of pixels) count as zero, as on an accelerator that flushes
-    denormals to zero (`device_crops.py`)."""
+    denormals to zero (`training/device_crops.py`)."""
     return np.where(np.abs(images) >= TINY, (images - mean) / std, 0.0).astype(np.float32)
 
 
@@ -166,7 +166,7 @@ def multi_crop(image: np.ndarray, mask: np.ndarray, present: np.ndarray, cfg: Cr
 
 
 def multi_crop_operators(mask: np.ndarray, cfg: CropConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The crops ``multi_crop`` would draw from the same ``rng``, as the linear maps `data/device_crops.py`
+    """The crops ``multi_crop`` would draw from the same ``rng``, as the linear maps `training/device_crops.py`
     applies on the accelerator, per crop family (``global_*``, ``local_*``; n crops of side ``size``):
     ``rows`` (n, size, H) and ``cols`` (n, size, W) crop and resize (a flip reverses ``cols``), ``blur``
     (n, size, size) (the identity when not blurred), ``gamma`` (n,) (0: none). Nothing touches the image."""

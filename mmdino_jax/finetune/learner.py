@@ -12,11 +12,11 @@ from flax import nnx
 
 from mmdino_jax import optim
 from mmdino_jax.constants import sequence_indices
-from mmdino_jax.data import device_crops
 from mmdino_jax.data.pipeline import host_batch
 from mmdino_jax.finetune.model import FinetuneModel
 from mmdino_jax.finetune.step import StepConfig, init_state, make_train_step
 from mmdino_jax.models.vit import DinoViT
+from mmdino_jax.training import device_crops
 from mmdino_jax.training.learner import Learner
 
 BATCH_KEYS = ("global", "present", "label")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import jax
 import jax.experimental.multihost_utils
 
-from mmdino_jax.data import device_crops, pipeline
+from mmdino_jax.data import pipeline
 from mmdino_jax.data.setup import ensure_cache
+from mmdino_jax.training import device_crops
 
 
 def prepared_cache(config, workdir: str):

@@ -10,7 +10,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from mmdino_jax import sharding
-from mmdino_jax.data.device_crops import expand_crops
+from mmdino_jax.training.device_crops import expand_crops
 from mmdino_jax.training.learner import Learner
 
 

@@ -5,7 +5,9 @@ The input pipeline then sends each sample's cached slice (S, H, W) float16 with,
 and this module computes the crops as `data/augment.py`'s `view` does on the host: crop + resize + flip as
 ``rows @ image @ cols^T``, clamp to [0, 1], blur as ``blur @ x @ blur^T``, gamma contrast, then the
 normalisation of non-zero pixels and the absent sequences zeroed. The matmuls run at full float32 precision
-(no TF32 / bf16 passes), so the crops match the host's to float32 rounding (`tests/test_pipeline.py`).
+(no TF32 / bf16 passes), so the crops match the host's to float32 rounding (`tests/test_device_crops.py`),
+but for the rare pixel (~1e-6 of them) whose blur tail underflows on one side of float32's smallest normal
+number and not on the other: background there, foreground (-mean / std) here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mmdino_jax.data.augment import MEAN, STD, TINY
+from mmdino_jax.run_checks import AUGMENT_ON
 
 FAMILIES = ("global", "local")
 OPERATORS = ("rows", "cols", "blur", "gamma")
@@ -60,8 +63,8 @@ def expand_crops(batch: dict) -> dict:
 def on_device(augment_on: str, backend: str | None = None) -> bool:
     """`data.augment_on` resolved: ``device``, ``host``, or ``auto`` (the device on GPU and TPU, whose step
     outruns the host's workers; the host on CPU, where both share the same cores)."""
-    if augment_on not in ("auto", "device", "host"):
-        raise ValueError(f"data.augment_on must be auto, device or host, not {augment_on!r}")
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"data.augment_on must be one of {', '.join(AUGMENT_ON)}, not {augment_on!r}")
     if augment_on == "auto":
         return (backend or jax.default_backend()) != "cpu"
     return augment_on == "device"
