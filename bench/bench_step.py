@@ -11,10 +11,14 @@ done, insensitive to time lost to other jobs' threads). PyTorch uses
 torch.set_num_threads(number of CPUs this process may use), the size of XLA's CPU intra-op thread
 pool (--torch-threads overrides it). On a GPU, --torch-device cuda --torch-compile --torch-dtype
 bfloat16 gives the torch.compile'd, bf16-autocast reference; MFU is the analytic FLOP rate over --peak-tflops.
+With --gemm, each library's rate on one large square matmul (the step's compute dtype, same threads) is
+measured in the same process: the table then gives each step's analytic FLOP rate as a share of its library's
+GEMM rate, and the bound on JAX/PyTorch: the ratio the JAX step would reach if every one of its FLOPs ran at
+that GEMM rate and nothing else took time (PyTorch step s / (JAX analytic FLOPs / JAX GEMM rate)).
 
   python bench/bench_step.py --config configs/demo.py --steps 5
   taskset -c 0 python bench/bench_step.py --config configs/demo.py --config configs/mmdino_vits14.py
-      --batch-size 0 --batch-size 16 --steps 5 --torch      (one line)
+      --batch-size 0 --batch-size 16 --steps 5 --torch --gemm      (one line)
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 
 from mmdino_jax import host_memory, sharding
 from mmdino_jax.config_base import load_config
+from mmdino_jax.data.prepare import CROP
 from mmdino_jax.models.build import vit_config
 from mmdino_jax.ssl import masking
 from mmdino_jax.ssl.learner import build_learner, random_batch
@@ -63,13 +68,22 @@ def head_flops(model_cfg, embed_dim: int, vectors: int) -> float:
     return vectors * sum(2 * a * c for a, c in zip(dims[:-1], dims[1:]))
 
 
-def step_flops(config, reference: bool = False) -> float:
+def crop_flops(config) -> float:
+    """Matmul FLOPs of making one batch's crops in the step (`data.augment_on = device`,
+    `training/device_crops.crops`): per crop and sequence, rows @ slice, @ cols^T, then the blur on both sides."""
+    d = config.data
+    s = len(d.sequences.split(","))
+    per_crop = lambda size: 2 * s * size * (CROP * CROP + size * CROP + 2 * size * size)
+    return d.batch_size * (2 * per_crop(d.global_crops_size) + d.local_crops_number * per_crop(d.local_crops_size))
+
+
+def step_flops(config, reference: bool = False, crops_on_device: bool = False) -> float:
     """Analytic FLOPs of one step on one device: teacher forward + student forward and backward (2x
     forward); the heads run on the CLS tokens and on the iBOT targets gathered up to their bound. In the JAX
     step the backbones' last block runs its projection and FFN only on the tokens the losses read, and the
     student runs its branches on a batch subset at drop_path_rate > 0.1, as upstream DINOv2. The PyTorch
     reference step (`reference=True`) computes every token in every block and every sample (its HF modules
-    drop paths by a mask)."""
+    drop paths by a mask). `crops_on_device`: the step also makes its crops (`crop_flops`)."""
     d, m, o = config.data, config.model, config.ssl
     cfg = vit_config(m)
     b, s = d.batch_size, len(d.sequences.split(","))
@@ -88,7 +102,7 @@ def step_flops(config, reference: bool = False) -> float:
     student = (vit_flops(cfg, g_images, s, d.global_crops_size, g_rows, share(g_images))
                + vit_flops(cfg, l_images, s, d.local_crops_size, l_rows, share(l_images))
                + heads_g + head_flops(m, cfg.embed_dim, l_images))
-    return teacher + 3 * student
+    return teacher + 3 * student + (crop_flops(config) if crops_on_device else 0.0)
 
 
 def _timed(fn) -> tuple[float, float, int]:
@@ -98,8 +112,48 @@ def _timed(fn) -> tuple[float, float, int]:
     return time.perf_counter() - t0, time.process_time() - c0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
 
+def gemm_gflops(dtype, size: int, repeats: int = 5) -> float:
+    """JAX's rate (GFLOP/s) on one `size` x `size` matmul in `dtype`, the best of `repeats` after a warm-up."""
+    import jax.numpy as jnp
+
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(matmul(a))
+    best = min(_timed(lambda: jax.block_until_ready(matmul(a)))[0] for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def torch_gemm_gflops(device: str, dtype: str, size: int, repeats: int = 5) -> float:
+    """PyTorch's rate (GFLOP/s) on the same matmul (its current thread count), as `gemm_gflops`."""
+    import torch
+
+    a = torch.ones(size, size, device=device, dtype=getattr(torch, dtype))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def run():
+        a @ a
+        sync()
+
+    run()
+    return 2 * size**3 / min(_timed(run)[0] for _ in range(repeats)) / 1e9
+
+
+def add_gemm_roofline(result: dict, config, torch_opts: dict | None) -> None:
+    """Each library's GEMM rate at the step's compute dtype, the steps' share of it and the bound on the ratio."""
+    cfg = vit_config(config.model)
+    size = 2048 if jax.default_backend() == "cpu" else 8192
+    gemm = gemm_gflops(cfg.compute_dtype, size)
+    result["gemm_gflops"] = gemm
+    result["gemm_share"] = result["achieved_gflops"] / gemm
+    if "torch" in result:
+        t = result["torch"]
+        t["gemm_gflops"] = torch_gemm_gflops(torch_opts["device"], torch_opts["dtype"], size)
+        t["gemm_share"] = t["analytic_gflop"] / t["step_s"] / t["gemm_gflops"]
+        t["ratio_bound"] = t["step_s"] / (result["analytic_gflop"] / gemm)
+
+
 def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None, pause: float = 0.0,
-          crops_on_device: bool = False) -> dict:
+          crops_on_device: bool = False, gemm: bool = False) -> dict:
     config = load_config(spec)
     if batch_size:
         config.data.batch_size = batch_size
@@ -129,7 +183,7 @@ def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None
             torch_times.append(_timed(torch_step))
     jax_times, torch_times = np.asarray(jax_times[1:]), np.asarray(torch_times[1:])
     step_s = float(np.median(jax_times[:, 0]))
-    analytic = step_flops(config)
+    analytic = step_flops(config, crops_on_device=crops_on_device)
     result = {"config": spec, "batch": config.data.batch_size, "compile_s": compile_s, "step_s": step_s,
               "samples_per_s": config.data.batch_size / step_s,
               "page_faults": int(np.median(jax_times[:, 2])), "xla_gflop": cost["flops"] / 1e9,
@@ -140,6 +194,8 @@ def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None
                            "analytic_gflop": step_flops(config, reference=True) / 1e9,
                            "ratio_spread": _spread(torch_times[:, 0] / jax_times[:, 0]),
                            "cpu_ratio": float(np.median(torch_times[:, 1]) / np.median(jax_times[:, 1]))}
+    if gemm:
+        add_gemm_roofline(result, config, torch_opts)
     return result
 
 
@@ -193,7 +249,10 @@ def main() -> None:
                              "spin a while after a parallel region) still hold a core when the other's step starts")
     parser.add_argument("--crops-on-device", action="store_true",
                         help="the JAX step makes its crops from slices and crop operators (data.augment_on = "
-                             "device; not in the analytic count); the PyTorch step still gets crops")
+                             "device; their matmuls in the analytic count); the PyTorch step still gets crops")
+    parser.add_argument("--gemm", action="store_true",
+                        help="also measure each library's large-matmul rate: adds each step's share of it and the "
+                             "bound on JAX/PyTorch if every JAX FLOP ran at that rate")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
     args = parser.parse_args()
     kept = host_memory.keep_freed_memory()  # for both steps: they share the process
@@ -220,10 +279,16 @@ def main() -> None:
         head += (" PyTorch step s | PyTorch samples/s | PyTorch analytic GFLOP | JAX/PyTorch | per-round ratios | "
                  "CPU-time ratio |")
         rule += "---|---|---|---|---|---|"
+    if args.gemm:
+        head += " JAX GEMM GFLOP/s | JAX step / GEMM |"
+        rule += "---|---|"
+        if args.torch:
+            head += " PyTorch GEMM GFLOP/s | PyTorch step / GEMM | JAX/PyTorch bound |"
+            rule += "---|---|---|"
     print(head + "\n" + rule)
     results = []
     for spec, size in zip(args.config, sizes):
-        r = bench(spec, size, args.steps, torch_opts, args.pause, args.crops_on_device)
+        r = bench(spec, size, args.steps, torch_opts, args.pause, args.crops_on_device, args.gemm)
         results.append(r)
         line = (f"| {r['config']} | {r['batch']} | {r['compile_s']:.0f} | {r['step_s']:.3f} | "
                 f"{r['samples_per_s']:.1f} | {r['page_faults']} | {r['xla_gflop']:.1f} | {r['analytic_gflop']:.1f} | "
@@ -237,6 +302,11 @@ def main() -> None:
             line += (f" {t['step_s']:.3f} | {t['samples_per_s']:.1f} | {t['analytic_gflop']:.1f} | {ratio:.2f} | "
                      f"{t['ratio_spread']} | "
                      f"{t['cpu_ratio']:.2f} |")
+        if args.gemm:
+            line += f" {r['gemm_gflops']:.1f} | {100 * r['gemm_share']:.0f} % |"
+            if "torch" in r:
+                t = r["torch"]
+                line += f" {t['gemm_gflops']:.1f} | {100 * t['gemm_share']:.0f} % | {t['ratio_bound']:.2f} |"
         print(line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -30,7 +30,8 @@ fi
 cat "$out/machine.txt"
 
 timeout 480 python3 bench/bench_step.py --config configs/mmdino_vits14.py --config configs/mmdino_vitb14.py \
-  --steps 10 --pause 0 --crops-on-device --torch --torch-device cuda --torch-dtype bfloat16 --torch-compile --peak-tflops "$peak" \
+  --steps 10 --pause 0 --crops-on-device --gemm --torch --torch-device cuda --torch-dtype bfloat16 --torch-compile \
+  --peak-tflops "$peak" \
   --json "$out/step.json" 2>&1 | tee "$out/step.md"
 
 timeout 90 python3 bench/bench_attention.py --dtype bfloat16 --wall --shape 128,197,6,64 --shape 512,65,6,64 \
