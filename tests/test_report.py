@@ -109,6 +109,13 @@ def test_plot_training_curves(tmp_path):
     lines.insert(2, json.dumps({"event": "eval", "val_mcc": 0.4}))  # records without a step are skipped
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     _assert_png(plot_training_curves(tmp_path / "curves.png", tmp_path / "metrics.jsonl"))
+    other = [json.dumps({**json.loads(line), "loss": 9 - json.loads(line)["step"] / 10}) for line in lines
+             if "step" in line]
+    (tmp_path / "other.jsonl").write_text("\n".join(other) + "\n")
+    both = plot_training_curves(tmp_path / "both.png", {"float32": tmp_path / "metrics.jsonl",
+                                                        "bfloat16": tmp_path / "other.jsonl"})
+    _assert_png(both)
+    assert both.read_bytes() != (tmp_path / "curves.png").read_bytes()  # the second run is drawn too
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="no training metrics"):
         plot_training_curves(tmp_path / "x.png", tmp_path / "empty.jsonl")

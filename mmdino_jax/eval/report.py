@@ -368,22 +368,34 @@ def plot_subset_heatmap(path, table: Mapping[str, Mapping], metrics: Mapping[str
     return _save(fig, path)
 
 
-def plot_training_curves(path, metrics_jsonl_path) -> Path:
-    """Losses, lr, teacher temperature/momentum and throughput over steps from a metrics.jsonl file."""
+def read_training_log(metrics_jsonl_path) -> list[dict]:
+    """The records of a metrics.jsonl file that carry a `step` (training logs, not evaluation lines)."""
     records = [json.loads(line) for line in Path(metrics_jsonl_path).read_text().splitlines() if line.strip()]
-    records = [r for r in records if "step" in r]
+    return [r for r in records if "step" in r]
+
+
+def plot_training_curves(path, runs) -> Path:
+    """Losses, lr, teacher temperature/momentum and throughput over steps from a metrics.jsonl file, or from
+    several runs' files overlaid (`runs` = {label: path}: one line style per run, one colour per metric)."""
+    runs = runs if isinstance(runs, Mapping) else {"": runs}
+    logs = {label: read_training_log(p) for label, p in runs.items()}
+    records = [r for log in logs.values() for r in log]
     panels = [(title, [k for k in keys if any(k in r for r in records)]) for title, keys in CURVE_PANELS]
     panels = [(title, keys) for title, keys in panels if keys]
     if not panels:
-        raise ValueError(f"no training metrics with a 'step' in {metrics_jsonl_path}")
+        raise ValueError(f"no training metrics with a 'step' in {', '.join(map(str, runs.values()))}")
     fig = Figure(figsize=(6, 2.2 * len(panels)))
     axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True))
     for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            pts = np.array([(r["step"], r[key]) for r in records if r.get(key) is not None], float)
-            ax.plot(pts[:, 0], pts[:, 1], label=key)
+        for (label, log), style in zip(logs.items(), ("-", "--", ":", "-.")):
+            for colour, key in enumerate(keys):
+                pts = np.array([(r["step"], r[key]) for r in log if r.get(key) is not None], float).reshape(-1, 2)
+                ax.plot(pts[:, 0], pts[:, 1], style, color=f"C{colour}", label=f"{label} {key}".strip())
         ax.set_title(title)
-        if len(keys) > 1:
+        if len(logs) > 1:
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                      ncol=len(logs) if len(keys) > 3 else 1)  # a column per run
+        elif len(keys) > 1:
             ax.legend(fontsize="small")
     axes[-1].set_xlabel("step")
     return _save(fig, path)
