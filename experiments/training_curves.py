@@ -1,11 +1,11 @@
-"""Training runs side by side (docs/mixed_precision.md: the demo in float32 against bfloat16 compute).
+"""Training runs' loss curves side by side (docs/mixed_precision.md: the demo in float32 and in bfloat16).
 
-    python experiments/compare_runs.py runs/demo runs/demo_bf16 --labels float32,bfloat16 --out docs/mixed_precision
+    python experiments/training_curves.py runs/demo runs/demo_bf16 --labels float32,bfloat16 --out docs/mixed_precision
 
-For each run directory (a `python -m mmdino_jax.train` workdir with its `metrics.jsonl` and `eval/metrics.json`)
-prints a Markdown table: each loss term averaged over the last `--last` logged steps, its largest absolute gap to
-the first run at any step both logged, the median samples/s, and the linear probe's MCC
-of the trained teacher and of its random init on val and test. Writes OUT/curves.png, the runs' curves overlaid.
+For each run directory (a training workdir with its `metrics.jsonl`) prints a Markdown table row: each loss term
+averaged over the last `--last` logged steps, its largest absolute gap to the first run at any step both logged,
+and the median samples/s. Writes OUT/curves.png, the runs' curves overlaid. The runs' evaluations side by side:
+`python -m mmdino_jax.evaluate --compare DIR ...`.
 """
 
 from __future__ import annotations
