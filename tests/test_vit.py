@@ -235,3 +235,30 @@ def test_erf_gelu_matches_the_exact_gelu_and_its_gradient(dtype, atol, rtol):
     grad = lambda f: np.asarray(jax.vmap(jax.grad(lambda v: f(v).astype(jnp.float32)))(x), np.float32)
     np.testing.assert_allclose(grad(gelu), grad(exact), atol=atol * 4, rtol=rtol)
     assert gelu(x).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+@pytest.mark.parametrize("din,dout", [(48, 12), (12, 48)])  # a tall (fc2-like) and a wide kernel
+def test_linear_gradients_match_nnx_linear(din, dout, dtype, tol):
+    from mmdino_jax.models.linear import linear
+
+    ours = linear(din, dout, nnx.Rngs(0), dtype)
+    plain = nnx.Linear(din, dout, dtype=dtype, rngs=nnx.Rngs(1))
+    nnx.update(plain, nnx.state(ours))
+    x = jnp.asarray(np.random.RandomState(0).randn(3, 5, din), jnp.float32)
+
+    def loss(model, x):
+        return jnp.sum(jnp.sin(model(x).astype(jnp.float32)))
+
+    grads = {}
+    for name, model in (("ours", ours), ("plain", plain)):
+        grad_fn = jax.jit(nnx.grad(loss, argnums=(0, 1)))
+        g_model, g_x = grad_fn(model, x)
+        grads[name] = {**nnx.to_pure_dict(nnx.state(g_model)), "x": g_x}
+        lowered = jax.jit(lambda m, x: nnx.grad(loss)(nnx.merge(*m), x)).lower(nnx.split(model), x).as_text()
+        # only the tall kernel's gradient is taken as the wide product, transposed apart from it
+        assert ("optimization_barrier" in lowered) == (name == "ours" and din > dout)
+    for key in ("kernel", "bias", "x"):
+        np.testing.assert_allclose(np.asarray(grads["ours"][key], np.float32),
+                                   np.asarray(grads["plain"][key], np.float32), rtol=tol, atol=tol)
+    np.testing.assert_array_equal(ours(x), plain(x))
