@@ -24,11 +24,13 @@ that GEMM rate and nothing else took time (PyTorch step s / (JAX analytic FLOPs 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -152,8 +154,19 @@ def add_gemm_roofline(result: dict, config, torch_opts: dict | None) -> None:
         t["ratio_bound"] = t["step_s"] / (result["analytic_gflop"] / gemm)
 
 
-def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None, pause: float = 0.0,
-          crops_on_device: bool = False, gemm: bool = False) -> dict:
+@dataclasses.dataclass
+class CompiledStep:
+    """A config's train step compiled for one device, with the fixed random batch it runs on."""
+    config: Any
+    host_batch: dict
+    batch: Any
+    state: Any
+    key: jax.Array
+    compiled: Any
+    compile_s: float
+
+
+def compile_step(spec: str, batch_size: int | None, crops_on_device: bool = False) -> CompiledStep:
     config = load_config(spec)
     if batch_size:
         config.data.batch_size = batch_size
@@ -164,7 +177,14 @@ def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None
     batch = run.global_batch(random_batch(config, crops_on_device=True) if crops_on_device else host_batch)
     t0 = time.perf_counter()
     compiled = run.step.lower(state, batch, key).compile()
-    compile_s = time.perf_counter() - t0
+    return CompiledStep(config, host_batch, batch, state, key, compiled, time.perf_counter() - t0)
+
+
+def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None, pause: float = 0.0,
+          crops_on_device: bool = False, gemm: bool = False) -> dict:
+    step = compile_step(spec, batch_size, crops_on_device)
+    config, host_batch, batch, state, key = step.config, step.host_batch, step.batch, step.state, step.key
+    compiled, compile_s = step.compiled, step.compile_s
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     holder = {"state": state}
