@@ -50,9 +50,8 @@ _rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
 
 def rows_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
     """`jax.lax.dot_general` for `nnx.Linear`, with `_rows_matmul`'s kernel gradient on (M, K) x (K, N)."""
-    plain = (lhs.ndim == 2 and rhs.ndim == 2 and dimension_numbers == _ROWS and precision is None
-             and preferred_element_type is None and kwargs.get("out_sharding") is None)
-    if plain and lhs.dtype == rhs.dtype:
+    if (lhs.ndim == rhs.ndim == 2 and dimension_numbers == _ROWS and lhs.dtype == rhs.dtype and precision is None
+            and preferred_element_type is None and kwargs.get("out_sharding") is None):
         return _rows_matmul(lhs, rhs)
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type, **kwargs)
