@@ -166,7 +166,9 @@ class CompiledStep:
     compile_s: float
 
 
-def compile_step(spec: str, batch_size: int | None, crops_on_device: bool = False) -> CompiledStep:
+def compile_step(spec: str, batch_size: int | None, crops_on_device: bool = False,
+                 compiler_options: dict | None = None) -> CompiledStep:
+    """Compile `spec`'s step for one device (XLA `compiler_options` if given) with its fixed random batch."""
     config = load_config(spec)
     if batch_size:
         config.data.batch_size = batch_size
@@ -176,7 +178,7 @@ def compile_step(spec: str, batch_size: int | None, crops_on_device: bool = Fals
     state, key = run.state, run.key(0)
     batch = run.global_batch(random_batch(config, crops_on_device=True) if crops_on_device else host_batch)
     t0 = time.perf_counter()
-    compiled = run.step.lower(state, batch, key).compile()
+    compiled = run.step.lower(state, batch, key).compile(compiler_options)
     return CompiledStep(config, host_batch, batch, state, key, compiled, time.perf_counter() - t0)
 
 
