@@ -23,9 +23,8 @@ from bench_step import _timed, cpu_model
 
 from mmdino_jax.config_base import load_config
 from mmdino_jax.models.build import vit_config
-from mmdino_jax.models.linear import rows_dot_general
+from mmdino_jax.models.linear import ROWS, rows_dot_general
 
-_ROWS = (((1,), (0,)), ((), ()))
 OPS = ("forward", "input gradient", "kernel gradient")
 
 
@@ -54,7 +53,7 @@ def jax_matmuls(rows: int, din: int, dout: int, dtype):
     dy = jax.random.normal(keys[2], (rows, dout), dtype)
 
     def forward(x, w):
-        return rows_dot_general(x, w, _ROWS)
+        return rows_dot_general(x, w, ROWS)
 
     def gradient(i):
         return jax.jit(lambda x, w, dy: jax.vjp(forward, x, w)[1](dy)[i])

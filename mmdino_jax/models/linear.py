@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 LINEAR_INIT = nnx.initializers.truncated_normal(stddev=0.02)
-_ROWS = (((1,), (0,)), ((), ()))  # (M, K) x (K, N) -> (M, N)
+ROWS = (((1,), (0,)), ((), ()))  # dot_general dimension numbers of (M, K) x (K, N) -> (M, N)
 
 
 def over_rows(fn, x: jax.Array) -> jax.Array:
@@ -50,7 +50,7 @@ _rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
 
 def rows_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
     """`jax.lax.dot_general` for `nnx.Linear`, with `_rows_matmul`'s kernel gradient on (M, K) x (K, N)."""
-    if (lhs.ndim == rhs.ndim == 2 and dimension_numbers == _ROWS and lhs.dtype == rhs.dtype and precision is None
+    if (lhs.ndim == rhs.ndim == 2 and dimension_numbers == ROWS and lhs.dtype == rhs.dtype and precision is None
             and preferred_element_type is None and kwargs.get("out_sharding") is None):
         return _rows_matmul(lhs, rhs)
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
