@@ -3,8 +3,8 @@
 For each config: compile the jitted step (1 device), compare XLA's cost-analysis FLOP count with the
 analytic matmul count of the model, then time steps on a fixed random batch (compile excluded).
 With --torch, the same process also builds the PyTorch reference step (bench/torch_step.py) on the same
-batch and the two are timed interleaved (JAX step, PyTorch step, repeated --steps times after one
-warm-up each), so load from other jobs hits both alike; the table gives medians and the ratio of the
+batch and the two are timed interleaved (JAX step, PyTorch step, repeated --steps times after --warmup
+untimed rounds), so load from other jobs hits both alike; the table gives medians and the ratio of the
 medians (PyTorch step s / JAX step s = JAX samples/s over PyTorch samples/s), with the range of the
 per-round ratios and the ratio of the median CPU times of this process (PyTorch / JAX: the work
 done, insensitive to time lost to other jobs' threads). PyTorch uses
@@ -183,7 +183,7 @@ def compile_step(spec: str, batch_size: int | None, crops_on_device: bool = Fals
 
 
 def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None = None, pause: float = 0.0,
-          crops_on_device: bool = False, gemm: bool = False) -> dict:
+          crops_on_device: bool = False, gemm: bool = False, warmup: int = 2) -> dict:
     step = compile_step(spec, batch_size, crops_on_device)
     config, host_batch, batch, state, key = step.config, step.host_batch, step.batch, step.state, step.key
     compiled, compile_s = step.compiled, step.compile_s
@@ -197,13 +197,13 @@ def bench(spec: str, batch_size: int | None, steps: int, torch_opts: dict | None
 
     torch_step = make_torch_step(config, host_batch, **torch_opts) if torch_opts else None
     jax_times, torch_times = [], []
-    for _ in range(steps + 1):  # the first round is the warm-up
+    for _ in range(warmup + steps):
         time.sleep(pause)
         jax_times.append(_timed(jax_step))
         if torch_step is not None:
             time.sleep(pause)
             torch_times.append(_timed(torch_step))
-    jax_times, torch_times = np.asarray(jax_times[1:]), np.asarray(torch_times[1:])
+    jax_times, torch_times = np.asarray(jax_times[warmup:]), np.asarray(torch_times[warmup:])
     step_s = float(np.median(jax_times[:, 0]))
     analytic = step_flops(config, crops_on_device=crops_on_device)
     result = {"config": spec, "batch": config.data.batch_size, "compile_s": compile_s, "step_s": step_s,
@@ -258,7 +258,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, action="append", default=[],
                         help="override data.batch_size (0 = the config's); one value for all configs or one "
                              "per --config, in order")
-    parser.add_argument("--steps", type=int, default=5, help="timed rounds after one warm-up round")
+    parser.add_argument("--steps", type=int, default=5, help="timed rounds after the warm-up rounds")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed rounds first: with --torch, the second round's JAX step still grows the "
+                             "process's memory (page faults) around the PyTorch step's buffers")
     parser.add_argument("--torch", action="store_true", help="also time the PyTorch reference step")
     parser.add_argument("--torch-threads", type=int, default=0, help="default: CPUs available (as XLA)")
     parser.add_argument("--torch-device", default="cpu")
@@ -310,7 +313,7 @@ def main() -> None:
     print(head + "\n" + rule)
     results = []
     for spec, size in zip(args.config, sizes):
-        r = bench(spec, size, args.steps, torch_opts, args.pause, args.crops_on_device, args.gemm)
+        r = bench(spec, size, args.steps, torch_opts, args.pause, args.crops_on_device, args.gemm, args.warmup)
         results.append(r)
         line = (f"| {r['config']} | {r['batch']} | {r['compile_s']:.0f} | {r['step_s']:.3f} | "
                 f"{r['samples_per_s']:.1f} | {r['page_faults']} | {r['xla_gflop']:.1f} | {r['analytic_gflop']:.1f} | "

@@ -24,6 +24,7 @@ import transformers
 from torch import nn
 
 from mmdino_jax.models.build import vit_config
+from mmdino_jax.ssl import masking
 
 
 class MMBackbone(nn.Module):
@@ -104,9 +105,9 @@ def make_batch(config, seed: int = 0) -> dict:
 class TorchStep:
     """One MM-DINOv2 update per call on a batch in the JAX step's sample-major layout:
     teacher forward (no_grad) on the unmasked globals, student forward on masked globals + locals, the
-    heads on the CLS tokens and on the iBOT target tokens (gathered, as DINOv2), DINO (local + swapped
-    global), iBOT, KoLeo and semi-supervised losses, backward, per-module grad clipping, AdamW with
-    layer-wise lr / weight-decay param groups, EMA teacher and centre updates."""
+    heads on the CLS tokens and on the iBOT target tokens (gathered and zero-padded to a static bound, as
+    DINOv2), DINO (local + swapped global), iBOT, KoLeo and semi-supervised losses, backward, per-module grad
+    clipping, AdamW with layer-wise lr / weight-decay param groups, EMA teacher and centre updates."""
 
     def __init__(self, config, seed: int = 0, device: str = "cpu", dtype=torch.float32, compile: bool = False):
         torch.manual_seed(seed)
@@ -147,13 +148,16 @@ class TorchStep:
         return list(groups.values())
 
     def _masks(self, present_g, n):
-        """Student masks and iBOT targets (M,S,N): block-like random subset on half of the crops (ratio
-        U(mask_ratio_min_max)), one whole present sequence per crop, and absent sequences."""
+        """Student masks and iBOT targets (M,S,N): random token subsets on int(M * mask_sample_probability)
+        crops at DINOv2's collate ratios (crop i of them: U(r_i, r_i+1) on linspace(mask_ratio_min_max)),
+        shuffled over the crops; one whole present sequence per crop; and absent sequences."""
         mcrops = present_g.shape[0]
-        lo, hi = self.s.mask_ratio_min_max
         dev = present_g.device
-        ratio = (torch.empty(mcrops, device=dev).uniform_(lo, hi)
-                 * (torch.rand(mcrops, device=dev) < self.s.mask_sample_probability))
+        n_masked = int(mcrops * self.s.mask_sample_probability)
+        edges = torch.linspace(*self.s.mask_ratio_min_max, n_masked + 1, device=dev)
+        ratio = torch.zeros(mcrops, device=dev)
+        ratio[:n_masked] = edges[:-1] + (edges[1:] - edges[:-1]) * torch.rand(n_masked, device=dev)
+        ratio = ratio[torch.randperm(mcrops, device=dev)]
         blocks = torch.rand(mcrops, n, device=dev).argsort(dim=1) < (ratio * n).long()[:, None]
         seq = torch.zeros_like(present_g)
         if self.s.modality_masked:
@@ -162,7 +166,22 @@ class TorchStep:
         mask = blocks[:, None, :] | seq[:, :, None] | ~present_g[:, :, None]
         return mask, mask & present_g[:, :, None]
 
-    def _loss(self, batch, masks, targets, cls_probs, patch_probs):
+    def target_bound(self, n_crops: int, n: int) -> int:
+        """How many rows the heads see for the iBOT targets of `n_crops` crops: `masking.target_bound`."""
+        s = self.s
+        return masking.target_bound(n_crops, n_crops, self.n_seq, n, s.modality_masked, s.mask_sample_probability,
+                                    tuple(s.mask_ratio_min_max))
+
+    @staticmethod
+    def head_on_targets(head, patch, targets, bound: int):
+        """`head` on the target tokens of `patch` (M,T,D), zero-padded to `bound` rows as DINOv2's buffer, so
+        that its input shape does not depend on the random masks (one graph under torch.compile)."""
+        rows = patch.flatten(0, 1)[targets.flatten()]
+        if rows.shape[0] > bound:
+            raise ValueError(f"{rows.shape[0]} iBOT targets exceed their bound {bound}")
+        return head(F.pad(rows, (0, 0, 0, bound - rows.shape[0])))[: rows.shape[0]]
+
+    def _loss(self, batch, masks, targets, bound, cls_probs, patch_probs):
         s = self.s
         b, n_g, n_l = batch["global"].shape[0], batch["global"].shape[1], batch["local"].shape[1]
         bb, head = self.run["student"]["backbone"], self.run["student"]["head"]
@@ -175,7 +194,7 @@ class TorchStep:
         s_global = head(cls_g).reshape(b, n_g, -1)
         s_local = head(cls_l).reshape(b, n_l, -1)
         tok = targets.flatten(1)
-        s_patch = head(patch_g.flatten(0, 1)[tok.flatten()])  # the iBOT targets only, as DINOv2
+        s_patch = self.head_on_targets(head, patch_g, tok, bound)
         t_swapped = cls_probs.reshape(b, n_g, -1).flip(1)
         t_cls = cls_probs.reshape(b, n_g, -1)
         n_terms = n_g * n_l + n_g * (n_g - 1)
@@ -209,17 +228,17 @@ class TorchStep:
         present_g = batch["present"].repeat_interleave(n_g, dim=0)
         n = (globals_.shape[-2] // self.cfg.patch_size) * (globals_.shape[-1] // self.cfg.patch_size)
         masks, targets = self._masks(present_g, n)
+        bound = self.target_bound(targets.shape[0], n)
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         teacher = self.run["teacher"]
         with torch.no_grad(), autocast:
             t_cls, t_patch = teacher["backbone"](globals_, ~present_g[:, :, None].expand(-1, -1, n))
-            tok = targets.flatten(1).flatten()
             cls_logits = teacher["head"](t_cls).float()
-            patch_logits = teacher["head"](t_patch.flatten(0, 1)[tok]).float()
+            patch_logits = self.head_on_targets(teacher["head"], t_patch, targets.flatten(1), bound).float()
             cls_probs = F.softmax((cls_logits - self.center) / self.temp, dim=-1)
             patch_probs = F.softmax((patch_logits - self.ibot_center) / self.temp, dim=-1)
         with autocast:
-            loss = self._loss(batch, masks, targets, cls_probs, patch_probs)
+            loss = self._loss(batch, masks, targets, bound, cls_probs, patch_probs)
         self.optim.zero_grad(set_to_none=True)
         loss.backward()
         for part in self.student.values():
