@@ -9,8 +9,9 @@ medians (PyTorch step s / JAX step s = JAX samples/s over PyTorch samples/s), wi
 per-round ratios and the ratio of the median CPU times of this process (PyTorch / JAX: the work
 done, insensitive to time lost to other jobs' threads). PyTorch uses
 torch.set_num_threads(number of CPUs this process may use), the size of XLA's CPU intra-op thread
-pool (--torch-threads overrides it). On a GPU, --torch-device cuda --torch-compile --torch-dtype
-bfloat16 gives the torch.compile'd, bf16-autocast reference; MFU is the analytic FLOP rate over --peak-tflops.
+pool (--torch-threads overrides it). On a GPU, --torch-device cuda --torch-compile full --torch-dtype
+bfloat16 gives the torch.compile'd, bf16-autocast reference (--torch-compile regional: each block compiled);
+MFU is the analytic FLOP rate over --peak-tflops.
 With --gemm, each library's rate on one large square matmul (the step's compute dtype, same threads) is
 measured in the same process: the table then gives each step's analytic FLOP rate as a share of its library's
 GEMM rate, and the bound on JAX/PyTorch: the ratio the JAX step would reach if every one of its FLOPs ran at
@@ -235,7 +236,7 @@ def _spread(ratios) -> str:
     return f"{ratios.min():.2f}-{ratios.max():.2f}"
 
 
-def make_torch_step(config, host_batch: dict, threads: int, device: str, dtype: str, compile: bool):
+def make_torch_step(config, host_batch: dict, threads: int, device: str, dtype: str, compile: str):
     """One PyTorch reference update on the JAX bench's batch (same shapes and values), synchronised."""
     import torch
     from torch_step import TorchStep, checked
@@ -266,7 +267,9 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=0, help="default: CPUs available (as XLA)")
     parser.add_argument("--torch-device", default="cpu")
     parser.add_argument("--torch-dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--torch-compile", action="store_true")
+    parser.add_argument("--torch-compile", default="", choices=("", "full", "regional"),
+                        help="torch.compile the backbones and heads whole, or each block and head (a fraction of "
+                             "the compile time)")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="device peak (e.g. 989 for H100/H200 bf16 dense): adds an MFU column")
     parser.add_argument("--pause", type=float, default=1.0,
@@ -300,7 +303,7 @@ def main() -> None:
         torch_opts = dict(threads=args.torch_threads or cpus, device=args.torch_device, dtype=args.torch_dtype,
                           compile=args.torch_compile)
         print(f"torch {torch.__version__} on {args.torch_device}, {torch_opts['threads']} threads, "
-              f"{args.torch_dtype}, compile={args.torch_compile}; {cpus} CPUs available to jax")
+              f"{args.torch_dtype}, compile={args.torch_compile or 'no'}; {cpus} CPUs available to jax")
         head += (" PyTorch step s | PyTorch samples/s | PyTorch analytic GFLOP | JAX/PyTorch | per-round ratios | "
                  "CPU-time ratio |")
         rule += "---|---|---|---|---|---|"

@@ -8,9 +8,10 @@ MM-DINOv2 token layout [CLS, seq0 patches, seq1 patches, ...] plus unit-norm seq
 
     step = TorchStep(load_config("configs/demo.py")); step(make_batch(config)); step(batch) ...
 
-On a GPU: `TorchStep(config, device="cuda", dtype=torch.bfloat16, compile=True)` runs the forward passes
-and losses under bf16 autocast (float32 master weights, as DINOv2's mixed precision) and
-`torch.compile`s the backbones and heads.
+On a GPU: `TorchStep(config, device="cuda", dtype=torch.bfloat16, compile="full")` runs the forward passes
+and losses under bf16 autocast (float32 master weights, as DINOv2's mixed precision) and `torch.compile`s the
+backbones and heads whole; `compile="regional"` compiles each transformer block and head instead (one graph
+serves every block: a fraction of the compile time, the embedding left eager).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class TorchStep:
     DINOv2), DINO (local + swapped global), iBOT, KoLeo and semi-supervised losses, backward, per-module grad
     clipping, AdamW with layer-wise lr / weight-decay param groups, EMA teacher and centre updates."""
 
-    def __init__(self, config, seed: int = 0, device: str = "cpu", dtype=torch.float32, compile: bool = False):
+    def __init__(self, config, seed: int = 0, device: str = "cpu", dtype=torch.float32, compile: str = ""):
         torch.manual_seed(seed)
         self.device, self.dtype = torch.device(device), dtype
         m, s, o = config.model, config.ssl, config.optim
@@ -121,10 +122,8 @@ class TorchStep:
                         m.head_nlayers)
         self.student = nn.ModuleDict({"backbone": backbone, "head": head}).train().to(self.device)
         self.teacher = copy.deepcopy(self.student).eval().requires_grad_(False)
-        # dynamic=False: one specialised graph per crop size (global 98 px, local 56 px).
-        wrap = (lambda module: torch.compile(module, dynamic=False)) if compile else (lambda module: module)
-        self.run = {name: {part: wrap(model[part]) for part in ("backbone", "head")}
-                    for name, model in (("student", self.student), ("teacher", self.teacher))}
+        for model in (self.student, self.teacher):
+            compile_modules(model, compile)
         self.center = torch.zeros(m.head_n_prototypes, device=self.device)
         self.ibot_center = torch.zeros(m.head_n_prototypes, device=self.device)
         self.optim = torch.optim.AdamW(self._param_groups(o), lr=o.base_lr, betas=(0.9, 0.999), eps=1e-8)
@@ -184,7 +183,7 @@ class TorchStep:
     def _loss(self, batch, masks, targets, bound, cls_probs, patch_probs):
         s = self.s
         b, n_g, n_l = batch["global"].shape[0], batch["global"].shape[1], batch["local"].shape[1]
-        bb, head = self.run["student"]["backbone"], self.run["student"]["head"]
+        bb, head = self.student["backbone"], self.student["head"]
         globals_ = batch["global"].flatten(0, 1)
         locals_ = batch["local"].flatten(0, 1)
         present_l = batch["present"].repeat_interleave(n_l, dim=0)
@@ -230,7 +229,7 @@ class TorchStep:
         masks, targets = self._masks(present_g, n)
         bound = self.target_bound(targets.shape[0], n)
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
-        teacher = self.run["teacher"]
+        teacher = self.teacher
         with torch.no_grad(), autocast:
             t_cls, t_patch = teacher["backbone"](globals_, ~present_g[:, :, None].expand(-1, -1, n))
             cls_logits = teacher["head"](t_cls).float()
@@ -252,6 +251,17 @@ class TorchStep:
             self.center.mul_(mom).add_(cls_logits.mean(0), alpha=1 - mom)
             self.ibot_center.mul_(mom).add_(patch_logits.mean(0), alpha=1 - mom)
         return float(loss.detach())
+
+
+def compile_modules(model: nn.ModuleDict, mode: str) -> None:
+    """`torch.compile` in place, with one specialised graph per input shape (dynamic=False): the backbone and
+    head whole (`mode="full"`), or each transformer block and the head (`"regional"`); `""`: eager."""
+    if mode not in ("", "full", "regional"):
+        raise ValueError(f"compile must be '', 'full' or 'regional', got {mode!r}")
+    if mode:
+        blocks = list(model["backbone"].hf.encoder.layer) if mode == "regional" else [model["backbone"]]
+        for module in (*blocks, model["head"]):
+            module.compile(dynamic=False)
 
 
 def checked(loss: float) -> float:

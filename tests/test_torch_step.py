@@ -52,7 +52,7 @@ def test_heads_see_the_same_rows_every_step(smoke):
     seen = []
     for name in ("student", "teacher"):
         record = lambda _, args, name=name: seen.append((name, args[0].shape[0]))  # noqa: E731
-        step.run[name]["head"].register_forward_pre_hook(record)
+        getattr(step, name)["head"].register_forward_pre_hook(record)
     batch = make_batch(config)
     b, n_g = batch["global"].shape[:2]
     n_l = batch["local"].shape[1]
@@ -69,3 +69,16 @@ def test_more_targets_than_the_bound_is_an_error(smoke):
     _, step = smoke
     with pytest.raises(ValueError, match="exceed their bound 3"):
         step.head_on_targets(lambda x: x, torch.zeros(2, 4, 8), torch.ones(2, 4, dtype=torch.bool), 3)
+
+
+@pytest.mark.parametrize("mode", ["", "full", "regional"])
+def test_compile_modes_wrap_the_backbone_or_each_block(smoke, mode):
+    model = TorchStep(smoke[0], compile=mode).student
+    backbone, head = model["backbone"], model["head"]
+    expected = {"": [], "full": [backbone, head], "regional": [*backbone.hf.encoder.layer, head]}[mode]
+    assert [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None] == expected
+
+
+def test_unknown_compile_mode_is_an_error(smoke):
+    with pytest.raises(ValueError, match="compile must be"):
+        TorchStep(smoke[0], compile="max-autotune")
