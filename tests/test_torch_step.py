@@ -56,7 +56,7 @@ def test_heads_see_the_same_rows_every_step(smoke):
     batch = make_batch(config)
     b, n_g = batch["global"].shape[:2]
     n_l = batch["local"].shape[1]
-    bound = step.target_bound(b * n_g, 49)
+    bound = step.target_bound(b * n_g, (config.data.global_crops_size // step.cfg.patch_size) ** 2)
     for seed in range(3):
         torch.manual_seed(seed)
         seen.clear()
